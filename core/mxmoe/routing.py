@@ -1,0 +1,87 @@
+"""Routing: router logits [M, E] -> (top-k weights float32 [M, k], expert ids int32 [M, k]).
+
+One function per method of :class:`mxmoe.RoutingMethod`, computed in float32; ``route``
+dispatches on the config. Ties between equal scores resolve to the lower expert id
+(``torch.topk``'s order on the CPU; backends are tested on random logits, where ties
+do not occur).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import MoEConfig, RoutingMethod, ScoringFunc
+
+__all__ = ["route"]
+
+
+def _renormalize(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values, ids = torch.topk(logits, k, dim=-1)
+    return torch.softmax(values, dim=-1), ids
+
+
+def _renormalize_naive(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    weights, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    return weights / weights.sum(dim=-1, keepdim=True), ids
+
+
+def _default(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+
+
+def _grouped_topk(
+    logits: torch.Tensor, config: MoEConfig, correction_bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    m, e = logits.shape
+    groups, keep, k = config.num_expert_group, config.topk_group, config.top_k
+    if config.scoring_func is ScoringFunc.SOFTMAX:
+        scores = torch.softmax(logits, dim=-1)
+    else:
+        scores = torch.sigmoid(logits)
+    choice = scores if correction_bias is None else scores + correction_bias.float()
+    grouped = choice.view(m, groups, e // groups)
+    if correction_bias is None:
+        group_score = grouped.amax(dim=-1)
+    else:  # DeepSeek-V3: a group's score is the sum of its two best biased scores
+        group_score = grouped.topk(min(2, e // groups), dim=-1).values.sum(dim=-1)
+    top_groups = group_score.topk(keep, dim=-1).indices
+    group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, top_groups, True)
+    expert_mask = group_mask.unsqueeze(-1).expand(m, groups, e // groups).reshape(m, e)
+    masked = choice.masked_fill(~expert_mask, float("-inf"))
+    ids = masked.topk(k, dim=-1).indices
+    weights = scores.gather(1, ids)
+    if config.renormalize_grouped:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights * config.routed_scaling_factor, ids
+
+
+def route(
+    router_logits: torch.Tensor,
+    config: MoEConfig,
+    correction_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing of ``router_logits`` [M, E] by ``config.routing``.
+
+    ``correction_bias`` [E] (grouped top-k only) shifts the choice but not the weights.
+    Returns (topk_weights float32 [M, k], topk_ids int32 [M, k]).
+    """
+    if router_logits.dim() != 2 or router_logits.shape[1] != config.num_experts:
+        raise ValueError(
+            f"router_logits: expected shape [M, {config.num_experts}], "
+            f"got {tuple(router_logits.shape)}"
+        )
+    if config.has_correction_bias != (correction_bias is not None):
+        raise ValueError(
+            "correction_bias: required exactly when config.has_correction_bias is set"
+        )
+    logits = router_logits.float()
+    method = config.routing
+    if method is RoutingMethod.RENORMALIZE:
+        weights, ids = _renormalize(logits, config.top_k)
+    elif method is RoutingMethod.RENORMALIZE_NAIVE:
+        weights, ids = _renormalize_naive(logits, config.top_k)
+    elif method is RoutingMethod.DEFAULT:
+        weights, ids = _default(logits, config.top_k)
+    else:
+        weights, ids = _grouped_topk(logits, config, correction_bias)
+    return weights.float(), ids.to(torch.int32)
