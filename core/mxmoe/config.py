@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -130,6 +132,20 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _finite_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class MoEConfig:
     """One expert layer: shapes, math, quantization scheme and parallel layout.
@@ -177,11 +193,16 @@ class MoEConfig:
              ActivationFormat.parse(self.activation_format, "activation_format"))
         set_("dtype", _parse_dtype(self.dtype))
         for field in ("swiglu_alpha", "swiglu_beta", "routed_scaling_factor"):
-            set_(field, float(getattr(self, field)))
+            set_(field, _finite_float(field, getattr(self, field)))
         if self.swiglu_limit is not None:
+            set_("swiglu_limit", _finite_float("swiglu_limit", self.swiglu_limit))
             if not self.swiglu_limit > 0:
                 raise ValueError(f"swiglu_limit: must be positive or None, got {self.swiglu_limit}")
-            set_("swiglu_limit", float(self.swiglu_limit))
+        for field in ("has_bias", "apply_router_weight_on_input", "has_correction_bias",
+                      "renormalize_grouped"):
+            _flag(field, getattr(self, field))
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"name: expected a str or None, got {type(self.name).__name__}")
         for field in ("hidden_size", "intermediate_size"):
             if getattr(self, field) % MX_BLOCK:
                 raise ValueError(
@@ -253,12 +274,15 @@ class MoEConfig:
     def _validate_expert_map(self) -> None:
         if self.expert_map is None:
             return
-        if isinstance(self.expert_map, torch.Tensor):
-            object.__setattr__(self, "expert_map", tuple(int(v) for v in self.expert_map.tolist()))
-        elif isinstance(self.expert_map, Iterable) and not isinstance(self.expert_map, str):
-            object.__setattr__(self, "expert_map", tuple(int(v) for v in self.expert_map))
-        else:
+        values = self.expert_map
+        if isinstance(values, torch.Tensor):
+            values = values.tolist()
+        if not isinstance(values, Iterable) or isinstance(values, str):
             raise TypeError("expert_map: expected a sequence or tensor of ints")
+        values = tuple(values)
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+            raise TypeError("expert_map: expected a sequence or tensor of ints")
+        object.__setattr__(self, "expert_map", tuple(int(v) for v in values))
         emap = self.expert_map
         if len(emap) != self.num_experts:
             raise ValueError(
