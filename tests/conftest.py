@@ -4,6 +4,9 @@ switches and an empty backend registry, and leaves none behind.
 Automatic entry-point discovery is switched off by default so that whatever plugins
 happen to be installed in this environment cannot change which backend a core test
 selects; the discovery tests turn it back on explicitly.
+
+The tensors here are tiny: handing each op to a second intra-op thread costs more than
+the op (tens of milliseconds per call on a busy 2-core machine), so torch runs on one.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from mxmoe.registry import reset_registry
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -74,6 +74,11 @@ def route(
         raise ValueError(
             "correction_bias: required exactly when config.has_correction_bias is set"
         )
+    if correction_bias is not None and tuple(correction_bias.shape) != (config.num_experts,):
+        raise ValueError(
+            f"correction_bias: expected shape [{config.num_experts}], "
+            f"got {list(correction_bias.shape)}"
+        )
     logits = router_logits.float()
     method = config.routing
     if method is RoutingMethod.RENORMALIZE:
