@@ -43,12 +43,8 @@ def _quantized_chunks(config: MoEConfig, rows: int, cols: int, gen: torch.Genera
 
 
 def device_weights(config: MoEConfig, device: torch.device, seed: int = 0) -> ExpertWeights:
-    """Random checkpoint-layout weights for ``config``'s local experts, on ``device``.
-
-    Only the activation formats without static input scales are supported (the
-    benchmark's BF16 presets); a config with ``activation_format='fp8_static'`` gets
-    the plausible scales :func:`mxmoe.random_weights` uses.
-    """
+    """Random checkpoint-layout weights for ``config``'s local experts, on ``device``
+    (BF16-activation configs: no static FP8 input scales are drawn)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     h, i = config.hidden_size, config.intermediate_size
     w13, w13_scale = _quantized_chunks(config, 2 * i, h, gen, device)
@@ -58,9 +54,6 @@ def device_weights(config: MoEConfig, device: torch.device, seed: int = 0) -> Ex
         e = config.num_local_experts
         weights.w13_bias = (torch.randn(e, 2 * i, generator=gen, device=device) * 0.1).to(config.dtype)
         weights.w2_bias = (torch.randn(e, h, generator=gen, device=device) * 0.1).to(config.dtype)
-    if config.activation_format.value == "fp8_static":
-        weights.w13_input_scale = torch.tensor(5.0 / 448, device=device)
-        weights.w2_input_scale = torch.tensor(8.0 / 448, device=device)
     return weights
 
 
