@@ -78,8 +78,9 @@ def clear_verdict_cache() -> None:
 def probe(backend: Backend, config: MoEConfig, device: torch.device) -> Verdict:
     """``backend``'s verdict on (config, device); never raises (except in strict mode).
 
-    An exception, or a return value that is not a :class:`Verdict`, becomes an
-    unsupported verdict that says what happened.
+    An exception (``SystemExit`` included: vendor libraries are imported lazily inside
+    probes, and a native one may exit), or a return value that is not a
+    :class:`Verdict`, becomes an unsupported verdict that says what happened.
     """
     cache = get_registry().verdicts
     key = (backend.name, config, device)
@@ -92,7 +93,7 @@ def probe(backend: Backend, config: MoEConfig, device: torch.device) -> Verdict:
             raise TypeError(
                 f"supports_config returned {type(verdict).__name__}, expected mxmoe.Verdict"
             )
-    except Exception as exc:  # noqa: BLE001 - a probe never takes the host down
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a probe never takes the host down
         if strict_mode():
             raise
         verdict = Verdict.no(f"probe failed: {describe_exception(exc)}")

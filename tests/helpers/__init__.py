@@ -1,0 +1,1 @@
+"""Test doubles for the core suite: in-process backends and fake installed plugins."""
