@@ -185,6 +185,7 @@ def test_finish_rows_derives_rates_and_speedups():
     assert triton["graph_pct_of_floor"] == pytest.approx(100.0)
     assert triton["tbps"] == pytest.approx(2.4)  # 1.5 GB in 0.625 ms
     assert triton["tflops"] == pytest.approx(16.0)
+    assert triton["graph_tbps"] == pytest.approx(3.0)  # the same bytes in 0.5 ms
     assert triton["speedup_over"] == {"torch-grouped-mm-bf16": pytest.approx(4.0)}
     assert triton["graph_speedup_over"] == {"torch-grouped-mm-bf16": pytest.approx(4.0)}
     assert "speedup_over" not in rows[1] and "pct_of_floor" not in rows[2]

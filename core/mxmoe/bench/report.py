@@ -37,9 +37,8 @@ def _rates(row: dict[str, Any], key: str, prefix: str) -> None:
     if not ms:
         return
     row[f"{prefix}pct_of_floor"] = 100.0 * row["floor_ms"] / ms
-    if not prefix:
-        row["tbps"] = row["touched_bytes"] / (ms * 1e-3) / 1e12
-        row["tflops"] = row["flops"] / (ms * 1e-3) / 1e12
+    row[f"{prefix}tbps"] = row["touched_bytes"] / (ms * 1e-3) / 1e12
+    row[f"{prefix}tflops"] = row["flops"] / (ms * 1e-3) / 1e12
 
 
 def _speedups(subject: dict[str, Any], peers: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -51,8 +50,9 @@ def _speedups(subject: dict[str, Any], peers: list[dict[str, Any]], key: str) ->
 
 def finish_rows(rows: list[dict[str, Any]]) -> None:
     """Add the derived fields in place: ``pct_of_floor`` (floor / time, %), ``tbps``
-    (touched bytes / time), ``tflops``, ``graph_pct_of_floor``, and on each ``triton``
-    row ``speedup_over`` / ``graph_speedup_over`` {peer: peer time / triton time}."""
+    (touched bytes / time), ``tflops``, the same of the graph time with a ``graph_``
+    prefix, and on each ``triton`` row ``speedup_over`` / ``graph_speedup_over``
+    {peer: peer time / triton time}."""
     for row in rows:
         _rates(row, "ms", "")
         _rates(row, "graph_ms", "graph_")
@@ -139,7 +139,8 @@ def _table_line(row: dict[str, Any]) -> str:
     line = (head + f"{_fmt(row['ms'], '9.4f')} {_fmt(row.get('graph_ms'), '9.4f')} "
             f"{row['floor_ms']:9.4f} {row['floor_bound']:<7} "
             f"{_fmt(row.get('pct_of_floor'), '6.1f')} {_fmt(row.get('graph_pct_of_floor'), '7.1f')} "
-            f"{_fmt(row.get('tbps'), '6.2f')} {_fmt(row.get('tflops'), '7.1f')} "
+            f"{_fmt(row.get('graph_tbps', row.get('tbps')), '6.2f')} "
+            f"{_fmt(row.get('graph_tflops', row.get('tflops')), '7.1f')} "
             f"{_fmt(row.get('rel_err'), '8.1e')} {_fmt(row.get('peak_extra_mb'), '8.1f')}  "
             f"{_speedup_text(row)}")
     return line.rstrip()
@@ -158,7 +159,8 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def format_table(record: dict[str, Any]) -> str:
-    """The record as a plain-text table, one block per shape."""
+    """The record as a plain-text table, one block per shape. TB/s and TFLOP/s are
+    those of the row's best time: the CUDA graph's where one was timed."""
     c = record["ceilings"]
     lines = [f"{record['device']}, {record['date']}: HBM read {c['hbm_read_TBps']:.3g} TB/s, "
              f"dense BF16 {c['bf16_TFLOPs']:.4g} TFLOP/s"]
