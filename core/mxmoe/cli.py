@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import bench
 from .config import PRESETS, MoEConfig, preset
 from .layer import FusedMoE
 from .reference import reference_moe, relative_error, tolerance
@@ -150,14 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.set_defaults(func=cmd_run)
 
-    try:
-        from . import bench
-    except ImportError:  # the benchmark package is optional within the core tree
-        bench = None
-    if bench is not None:
-        p = sub.add_parser("bench", help="benchmark backends and peers on a GPU")
-        bench.add_arguments(p)
-        p.set_defaults(func=bench.run)
+    p = sub.add_parser("bench", help="benchmark backends and peers on a GPU")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
     return parser
 
 
