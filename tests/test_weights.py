@@ -43,53 +43,29 @@ def test_random_weights_validate(scheme: dict) -> None:
     assert (weights.num_experts, weights.hidden_size, weights.intermediate_size) == (4, 96, 160)
 
 
-def _wrong_dtype(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.float64) if t.dtype != torch.float64 else t.to(torch.float32)
-
-
-def _wrong_shape(t: torch.Tensor) -> torch.Tensor:
-    return t[..., :-1] if t.dim() > 1 else t[:-1]
-
-
 FIELDS = ["w13", "w13_scale", "w2", "w2_scale", "w13_bias", "w2_bias"]
+
+# fault -> (how to spoil a tensor, the error, how the message continues after "<field>: ")
+FAULTS = {
+    "dtype": (lambda t: t.to(torch.float64), TypeError, "expected dtype"),
+    "shape": (lambda t: t[..., :-1], ValueError, "expected shape"),
+    "device": (lambda t: t.to("meta"), ValueError, "expected a tensor on cpu, got one on meta"),
+    "type": (lambda t: t.tolist(), TypeError, "expected a torch.Tensor, got list"),
+}
 
 
 @pytest.mark.parametrize("weight_format", ["mxfp4", "mxfp8"])
+@pytest.mark.parametrize("fault", sorted(FAULTS))
 @pytest.mark.parametrize("field", FIELDS)
-def test_validation_names_the_tensor_with_a_wrong_dtype(field: str, weight_format: str) -> None:
+def test_validation_names_the_faulty_tensor(field: str, fault: str, weight_format: str) -> None:
     cfg = make(weight_format=weight_format, has_bias=True)
     weights = random_weights(cfg)
-    bad = dataclasses.replace(weights, **{field: _wrong_dtype(getattr(weights, field))})
-    with pytest.raises(TypeError, match=rf"^{field}: expected dtype"):
-        validate_weights(cfg, bad)
-
-
-@pytest.mark.parametrize("field", FIELDS)
-def test_validation_names_the_tensor_with_a_wrong_shape(field: str) -> None:
-    cfg = make(has_bias=True)
-    weights = random_weights(cfg)
-    bad = dataclasses.replace(weights, **{field: _wrong_shape(getattr(weights, field))})
-    with pytest.raises(ValueError, match=rf"^{field}: expected shape"):
-        validate_weights(cfg, bad)
-
-
-@pytest.mark.parametrize("field", FIELDS)
-def test_validation_names_the_tensor_on_a_wrong_device(field: str) -> None:
-    cfg = make(has_bias=True)
-    weights = random_weights(cfg)
-    bad = dataclasses.replace(weights, **{field: getattr(weights, field).to("meta")})
-    validate_weights(cfg, bad)  # no device asked for: any device
-    with pytest.raises(ValueError, match=rf"^{field}: expected a tensor on cpu, got one on meta"):
+    spoil, error, message = FAULTS[fault]
+    bad = dataclasses.replace(weights, **{field: spoil(getattr(weights, field))})
+    if fault == "device":
+        validate_weights(cfg, bad)  # no device asked for: any device will do
+    with pytest.raises(error, match=rf"^{field}: {message}"):
         validate_weights(cfg, bad, device=torch.device("cpu"))
-
-
-@pytest.mark.parametrize("field", ["w13", "w2_scale", "w13_bias"])
-def test_validation_rejects_non_tensors(field: str) -> None:
-    cfg = make(has_bias=True)
-    weights = random_weights(cfg)
-    bad = dataclasses.replace(weights, **{field: getattr(weights, field).tolist()})
-    with pytest.raises(TypeError, match=rf"^{field}: expected a torch.Tensor, got list"):
-        validate_weights(cfg, bad)
 
 
 def test_mxfp8_weights_must_be_e4m3() -> None:
@@ -251,8 +227,9 @@ def test_random_weights_are_reproducible_per_seed() -> None:
 
 def test_random_weights_respect_weight_std_and_device() -> None:
     cfg = make()
-    small = dequantize_mx(*(lambda w: (w.w2, w.w2_scale))(random_weights(cfg, weight_std=0.01)), "mxfp4")
-    assert 0.005 < float(small.std()) < 0.02
+    small = random_weights(cfg, weight_std=0.01)
+    values = dequantize_mx(small.w2, small.w2_scale, "mxfp4")
+    assert 0.005 < float(values.std()) < 0.02
     meta = random_weights(cfg, device="meta")
     assert meta.w13.device.type == "meta"
 

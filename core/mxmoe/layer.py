@@ -100,6 +100,9 @@ class FusedMoE(torch.nn.Module):
         given = ExpertWeights(w13, w13_scale, w2, w2_scale, w13_bias, w2_bias,
                               w13_input_scale, w2_input_scale)
         validate_weights(self.config, given)
+        for name, tensor in given.tensors().items():
+            if tensor is not None and tensor.is_meta:
+                raise ValueError(f"{name}: a meta tensor has no data to load")
         self._set_correction_bias(correction_bias)
         padded = pad_weights(self.config, given, self.hidden_size_padded,
                              self.intermediate_size_padded)
