@@ -116,12 +116,9 @@ def test_strict_mode_re_raises_load_failures(site: Path, monkeypatch: pytest.Mon
         get_registry()
 
 
-def test_bare_entry_points_report_no_distribution(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("MXMOE_DISABLE_PLUGIN_AUTOLOAD")
-    good, _ = entry_point(tmp_path, "good", GOOD)
-    bad, _ = entry_point(tmp_path, "bad", LOAD_FAULTS["exits_at_import"][0])
+def test_bare_entry_points_report_no_distribution(site: Path) -> None:
+    good, _ = entry_point(site, "good", GOOD)
+    bad, _ = entry_point(site, "bad", LOAD_FAULTS["exits_at_import"][0])
     registry = Registry()
     registry.load_entry_points([bad, good])
     assert list(registry.backends) == ["good"]
@@ -131,11 +128,8 @@ def test_bare_entry_points_report_no_distribution(tmp_path: Path,
     assert failure.error == "SystemExit: 3"
 
 
-def test_keyboard_interrupt_is_not_swallowed(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("MXMOE_DISABLE_PLUGIN_AUTOLOAD")
-    ep, _ = entry_point(tmp_path, "interrupted", plugin_source(at_import="raise KeyboardInterrupt"))
+def test_keyboard_interrupt_is_not_swallowed(site: Path) -> None:
+    ep, _ = entry_point(site, "interrupted", plugin_source(at_import="raise KeyboardInterrupt"))
     with pytest.raises(KeyboardInterrupt):
         Registry().load_entry_points([ep])
 
