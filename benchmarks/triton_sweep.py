@@ -1,0 +1,146 @@
+"""Iteration tool for the ``triton`` backend: time launch-configuration variants per M.
+
+Runs :func:`mxmoe_emulation.triton_backend.launch.moe_forward` directly (no layer, no
+routing in the timed region) on gpt-oss-shaped random MX weights, for each token count
+and each named :class:`Tiles` variant, and prints per variant: eager and CUDA-graph
+time (medians over rotating input sets, so small M is not timed out of a warm L2), the
+floor (touched MXFP4 bytes over 2.99 TB/s or FLOPs over 754 TFLOP/s, FACTS.md), the
+per-kernel split from the profiler, and the relative difference from the first
+variant (every variant must compute the same function). ``mxmoe bench`` is the
+harness of record; this is the quick loop behind benchmarks/triton_notes.md.
+
+    PYTHONPATH=core:plugins/emulation python benchmarks/triton_sweep.py \
+        --preset gpt-oss-120b --tokens 1,64,4096 --variants all --json $OUT/sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+
+import torch
+
+from mxmoe import preset, relative_error, route
+from mxmoe.bench.floors import Ceilings, layer_floor, touched_experts
+from mxmoe.bench.timing import capture_graphs, time_calls
+from mxmoe.bench.workload import device_weights, input_sets
+from mxmoe_emulation.triton_backend.layout import convert
+from mxmoe_emulation.triton_backend.launch import moe_forward
+from mxmoe_emulation.triton_backend.tiles import Tiles, tiles_for
+
+FACTS_CEILINGS = Ceilings(hbm_read_TBps=2.99, bf16_TFLOPs=754.0)
+
+#: Named candidates; "table" means whatever tiles.py picks for the M.
+VARIANTS: dict[str, Tiles | None] = {
+    "table": None,
+    # decode: many small N tiles, deep K steps
+    "s16-32x256-ds": Tiles(16, 32, 32, 256, 4, 4, "dot_scaled"),
+    "s16-32x256-mn": Tiles(16, 32, 32, 256, 4, 4, "manual"),
+    "s16-16x256-ds": Tiles(16, 16, 16, 256, 4, 4, "dot_scaled"),
+    "s16-16x256-mn": Tiles(16, 16, 16, 256, 4, 4, "manual"),
+    "s16-64x128-ds": Tiles(16, 64, 64, 128, 4, 4, "dot_scaled"),
+    "s16-64x128-mn": Tiles(16, 64, 64, 128, 4, 4, "manual"),
+    "s16-32x512-mn-w8": Tiles(16, 32, 32, 512, 8, 3, "manual"),
+    # prefill: large tiles, both operand orders
+    "b128-128x64-ds": Tiles(128, 128, 128, 64, 8, 3, "dot_scaled"),
+    "b128-128x64-mn": Tiles(128, 128, 128, 64, 8, 3, "manual"),
+    "b128-128x64-ds-xl": Tiles(128, 128, 128, 64, 8, 3, "dot_scaled", swap=False),
+    "b128-128x64-mn-xl": Tiles(128, 128, 128, 64, 8, 3, "manual", swap=False),
+    "b64-128x64-ds": Tiles(64, 128, 128, 64, 4, 3, "dot_scaled"),
+    "b64-128x64-mn": Tiles(64, 128, 128, 64, 4, 3, "manual"),
+    "b128-128x128-ds": Tiles(128, 128, 128, 128, 8, 3, "dot_scaled"),
+    "b128-64x128-mn-xl": Tiles(128, 64, 64, 128, 4, 3, "manual", swap=False),
+}
+
+DECODE_VARIANTS = ("table", "s16-32x256-ds", "s16-32x256-mn", "s16-16x256-ds", "s16-16x256-mn",
+                   "s16-64x128-ds", "s16-64x128-mn", "s16-32x512-mn-w8")
+PREFILL_VARIANTS = ("table", "b128-128x64-ds", "b128-128x64-mn", "b128-128x64-ds-xl",
+                    "b128-128x64-mn-xl", "b64-128x64-ds", "b64-128x64-mn", "b128-128x128-ds",
+                    "b128-64x128-mn-xl")
+
+
+def variants_for(m: int, spec: str) -> list[str]:
+    """Variant names to run at M: "all" picks the decode or prefill set, else a list."""
+    if spec == "all":
+        return list(DECODE_VARIANTS if m <= 256 else PREFILL_VARIANTS)
+    return spec.split(",")
+
+
+def kernel_split(call, runs: int) -> dict[str, float]:
+    """Mean device microseconds per forward of each kernel, from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(runs):
+            call(i)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = collections.defaultdict(float)
+    for event in prof.key_averages():
+        if event.device_type.name == "CUDA" and event.device_time_total > 0:
+            totals[event.key[:40]] += event.device_time_total / runs
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="gpt-oss-120b")
+    parser.add_argument("--tokens", default="1,64,4096")
+    parser.add_argument("--variants", default="all")
+    parser.add_argument("--sets", type=int, default=8, help="rotating input sets")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    config = preset(args.preset)
+    weights = convert(config, device_weights(config, device, seed=1))
+    rows = []
+    for m in [int(t) for t in args.tokens.split(",")]:
+        sets = input_sets(config, m, args.sets, device, seed=2)
+        routed = [route(s.router_logits, config) for s in sets]
+        experts = statistics.mean(touched_experts(ids, config) for _, ids in routed)
+        floor = layer_floor(config, m, experts, FACTS_CEILINGS)
+        first = None
+        for name in variants_for(m, args.variants):
+            tiles = VARIANTS[name] or tiles_for(m)
+
+            def call(i: int, tiles: Tiles = tiles) -> torch.Tensor:
+                s, (tw, ti) = sets[i % len(sets)], routed[i % len(routed)]
+                return moe_forward(s.hidden_states, tw, ti, None, weights, tiles)
+
+            try:
+                out = call(0)
+                torch.cuda.synchronize()
+            except Exception as exc:  # noqa: BLE001 - a variant that fails to compile is a result
+                print(f"M={m:5d} {name:20s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                continue
+            diff = 0.0 if first is None else relative_error(out, first)
+            first = out if first is None else first
+            eager = time_calls(call, device, warmup=3, repeats=args.repeats, budget_s=5).ms
+            graphs = capture_graphs(call, len(sets), device)
+            graph = time_calls(lambda i: graphs[i % len(graphs)].replay(), device, warmup=3,
+                               repeats=args.repeats, budget_s=5).ms
+            split = kernel_split(call, len(sets))
+            row = {"M": m, "variant": name, "tiles": repr(tiles), "eager_ms": eager,
+                   "graph_ms": graph, "floor_ms": floor.ms, "bound": floor.bound,
+                   "experts": experts, "TBps": floor.bytes / graph / 1e9,
+                   "TFLOPs": floor.flops / graph / 1e9, "diff_vs_first": diff,
+                   "finite": bool(torch.isfinite(out).all()), "kernels_us": split}
+            rows.append(row)
+            kern = " ".join(f"{k.split('_kernel')[0][-14:]}={v:.0f}" for k, v in list(split.items())[:4])
+            print(f"M={m:5d} {name:20s} eager {eager:8.4f} graph {graph:8.4f} ms | floor "
+                  f"{floor.ms:.4f} ({100 * floor.ms / graph:5.1f}%) {row['TBps']:5.2f} TB/s "
+                  f"{row['TFLOPs']:6.1f} TF/s | diff {diff:.1e} | us: {kern}", flush=True)
+            del graphs
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "preset": args.preset,
+                       "triton": __import__("triton").__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``torch.ops.mxmoe_emulation.triton_moe``: the layer's kernels as one opaque custom op.
+
+Registered with :func:`torch.library.custom_op` and a fake (meta) implementation, so
+``torch.compile`` keeps it as one node of known output shape instead of tracing into
+Triton's launcher, and CUDA-graph capture sees plain kernel launches. Imported only
+after the probe has seen a working Triton (it imports the kernels).
+
+No ``from __future__ import annotations`` here: ``custom_op`` reads the signature's
+annotations to build the operator schema.
+"""
+
+from typing import Optional
+
+import torch
+
+from .launch import moe_forward
+from .layout import LayerMath, TritonWeights
+
+__all__ = ["run", "triton_moe"]
+
+
+@torch.library.custom_op("mxmoe_emulation::triton_moe", mutates_args=())
+def triton_moe(
+    hidden_states: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    expert_map: Optional[torch.Tensor],
+    w13: torch.Tensor,
+    w13_scale: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scale: torch.Tensor,
+    w13_bias: Optional[torch.Tensor],
+    w2_bias: Optional[torch.Tensor],
+    weight_format: str,
+    activation: str,
+    alpha: float,
+    beta: float,
+    limit: Optional[float],
+    weight_on_input: bool,
+) -> torch.Tensor:
+    """The experts of one layer (see :func:`mxmoe_emulation.triton_backend.launch.moe_forward`)."""
+    math = LayerMath(weight_format, activation, alpha, beta, limit, weight_on_input)
+    weights = TritonWeights(w13, w13_scale, w2, w2_scale, w13_bias, w2_bias, math)
+    return moe_forward(hidden_states, topk_weights, topk_ids, expert_map, weights)
+
+
+@triton_moe.register_fake
+def _triton_moe_fake(hidden_states, topk_weights, topk_ids, expert_map, w13, w13_scale, w2,
+                     w2_scale, w13_bias, w2_bias, weight_format, activation, alpha, beta, limit,
+                     weight_on_input):
+    return torch.empty_like(hidden_states)
+
+
+def run(hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+        expert_map: Optional[torch.Tensor], weights: TritonWeights) -> torch.Tensor:
+    """Call the op with a converted layer's tensors and constants."""
+    w, math = weights, weights.math
+    return triton_moe(hidden_states, topk_weights, topk_ids, expert_map, w.w13, w.w13_scale,
+                      w.w2, w.w2_scale, w.w13_bias, w.w2_bias, math.weight_format,
+                      math.activation, math.alpha, math.beta, math.limit, math.weight_on_input)

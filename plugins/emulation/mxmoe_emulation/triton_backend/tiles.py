@@ -1,0 +1,70 @@
+"""Tile shapes and launch settings per token count: a small fixed table, no autotuning.
+
+A call's token count M decides how many rows each expert gets (about M * top_k / E)
+and so what bounds the GEMMs: at decode sizes (few rows per expert) every weight
+byte is read for one or two tokens, the kernels are memory-bound and want many small
+output tiles in flight; at prefill sizes the same weight tile serves a whole block of
+tokens and the kernels want large tiles for the tensor cores. The table was tuned on
+an H100 with gpt-oss-120b shapes (benchmarks/triton_notes.md has the measurements).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["INTERPRETER_TILES", "Tiles", "tiles_for"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """One launch configuration of the grouped GEMMs.
+
+    ``block_m`` token rows per block (>= 16 for tensor cores); ``block_n1`` /
+    ``block_n2`` output columns per program of GEMM1 (intermediate channels: each
+    reads a gate and an up row per channel) and GEMM2 (hidden channels); ``block_k``
+    reduction depth per step (a multiple of 64, so the packed FP4 tile is whole MX
+    blocks); ``decode``: how MX tiles become matrix products ("dot_scaled" or
+    "manual", see :mod:`.kernels`); ``swap``: weights as the left operand.
+    """
+
+    block_m: int
+    block_n1: int
+    block_n2: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    decode: str = "dot_scaled"
+    swap: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n1", "block_n2", "block_k"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name}: expected a power of two >= 16, got {value}")
+        if self.block_k % 64:
+            raise ValueError(f"block_k: expected a multiple of 64, got {self.block_k}")
+        if self.decode not in ("dot_scaled", "manual"):
+            raise ValueError(f"decode: expected 'dot_scaled' or 'manual', got {self.decode!r}")
+
+
+# (largest M, tiles), in increasing M; the last entry (None) covers every larger M.
+_GPU_TABLE: tuple[tuple[int | None, Tiles], ...] = (
+    (32, Tiles(16, 32, 32, 256, 4, 4)),
+    (256, Tiles(16, 64, 64, 128, 4, 4)),
+    (1024, Tiles(64, 128, 128, 64, 8, 3)),
+    (None, Tiles(128, 128, 128, 64, 8, 3)),
+)
+
+#: Tiles for TRITON_INTERPRET=1, where every program and every nested jit call is
+#: Python: few programs (wide N tiles, deep K steps) keep the CPU tests fast.
+INTERPRETER_TILES = Tiles(16, 64, 64, 128, 1, 1)
+
+
+def tiles_for(num_tokens: int, *, interpret: bool = False) -> Tiles:
+    """The launch configuration for a call with ``num_tokens`` tokens."""
+    if interpret:
+        return INTERPRETER_TILES
+    for largest, tiles in _GPU_TABLE[:-1]:
+        if num_tokens <= largest:
+            return tiles
+    return _GPU_TABLE[-1][1]

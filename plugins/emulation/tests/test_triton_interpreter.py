@@ -1,0 +1,185 @@
+"""The ``triton`` backend's kernels run by Triton's CPU interpreter, against the reference.
+
+``TRITON_INTERPRET=1`` must be in the environment before Triton decorates the kernels,
+and once set it changes backend selection for the whole process (the triton backend
+then accepts CPU layers, ahead of ``emulation``). So this module does not set it:
+``test_triton_cpu.py`` runs this module in a child process that has it, and a plain
+run skips it (with that reason). Run it directly with
+``TRITON_INTERPRET=1 python -m pytest plugins/emulation/tests/test_triton_interpreter.py``.
+
+Interpreter traps the kernels work around (see mxmoe_emulation.triton_backend.kernels):
+a ``tl.dot`` of two bf16 tiles returns garbage, so interpreted kernels multiply in
+float32; float32 -> bf16 casts truncate, so interpreted kernels round by hand. The
+sizes are small (E=4..8, H, I = 64..160, M in 0, 1, 7, 33) because every program is
+Python: the whole module takes about two minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 before Triton is imported; test_triton_cpu.py "
+                "runs this module in such a child process", allow_module_level=True)
+
+import dataclasses
+
+import torch
+
+from mxmoe import MoEConfig, random_weights, reference_experts, reference_moe, relative_error, route
+from mxmoe.reference import tolerance
+from mxmoe.testing import BackendConformance, Case
+from mxmoe_emulation.triton_backend import hooks
+from mxmoe_emulation.triton_backend.launch import _align, moe_forward
+from mxmoe_emulation.triton_backend.tiles import INTERPRETER_TILES
+from test_triton_helpers import BACKEND, ensure_registered, fresh_seed, inputs, loaded_layer
+
+CPU = torch.device("cpu")
+TOKENS = (0, 1, 7, 33)
+
+_BASE = MoEConfig(num_experts=8, top_k=2, hidden_size=128, intermediate_size=128,
+                  activation="swigluoai", has_bias=True)
+
+# Formats x activations x bias x expert map x dtype, each value at least twice.
+LAYERS = {
+    "mxfp4-swigluoai-bias-bf16": _BASE,
+    "mxfp8-swigluoai-bias-bf16": _BASE.replace(weight_format="mxfp8"),
+    "mxfp4-silu-fp16-E4-H64": _BASE.replace(num_experts=4, hidden_size=64, activation="silu",
+                                            has_bias=False, dtype=torch.float16),
+    "mxfp8-swiglustep-limit2-bias-fp16": _BASE.replace(weight_format="mxfp8", activation="swiglustep",
+                                                       swiglu_limit=2.0, dtype=torch.float16),
+    "mxfp4-uninterleave-beta-map-bf16": _BASE.replace(
+        activation="swigluoai_uninterleave", swiglu_alpha=1.3, swiglu_beta=0.5,
+        expert_map=(0, -1, 1, -1, -1, 2, -1, 3)),
+    "mxfp8-silu-nolimit-ep-bf16": _BASE.replace(weight_format="mxfp8", activation="silu",
+                                                swiglu_limit=None, has_bias=False,
+                                                expert_map=_BASE.with_expert_parallel(2, 1).expert_map),
+    "mxfp4-top1-weight-on-input-I160": _BASE.replace(top_k=1, apply_router_weight_on_input=True,
+                                                     intermediate_size=160, hidden_size=96),
+    "mxfp4-top1-swiglustep-nolimit-fp16": _BASE.replace(top_k=1, activation="swiglustep",
+                                                        swiglu_limit=None, dtype=torch.float16),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layer_matches_reference(name: str) -> None:
+    config, seed = LAYERS[name], fresh_seed()
+    weights = random_weights(config, seed=seed)
+    layer = loaded_layer(config, weights, CPU)
+    for m in TOKENS:
+        x, logits = inputs(config, m, seed + m)
+        out = layer(x, logits)
+        assert out.shape == (m, config.hidden_size) and out.dtype == config.dtype
+        if m == 0:
+            continue
+        assert torch.isfinite(out).all(), f"{name} M={m} seed={seed}: non-finite rows"
+        err = relative_error(out, reference_moe(config, weights, x, logits))
+        assert err <= tolerance(config), f"{name} M={m} seed={seed}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(("fmt", "decode", "swap"), [
+    ("mxfp4", "manual", True), ("mxfp4", "dot_scaled", False),
+    ("mxfp8", "manual", False), ("mxfp8", "dot_scaled", True),
+])
+def test_decode_paths_and_orientations(fmt: str, decode: str, swap: bool) -> None:
+    """Both ways of turning MX tiles into products and both operand orders (each with
+    each format), with K and N spanning several tiles (BLOCK_K 64 over H=128, BLOCK_N
+    32 over I=128)."""
+    config, seed = _BASE.replace(weight_format=fmt), fresh_seed()
+    weights = random_weights(config, seed=seed)
+    converted = hooks.convert_weights(config, weights, CPU)
+    x, logits = inputs(config, 9, seed)
+    topk_weights, topk_ids = route(logits, config)
+    tiles = dataclasses.replace(INTERPRETER_TILES, block_n1=32, block_n2=32, block_k=64,
+                                decode=decode, swap=swap)
+    out = moe_forward(x, topk_weights, topk_ids, None, converted, tiles)
+    err = relative_error(out, reference_experts(config, weights, x, topk_weights, topk_ids))
+    assert err <= tolerance(config), f"seed={seed}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("expert_map", [None, (2, -1, 0, -1, 1, -1)], ids=["all-local", "map"])
+def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | None) -> None:
+    num_experts, block_m = 6, 16
+    gen = torch.Generator().manual_seed(fresh_seed())
+    ids = torch.randint(0, num_experts, (150,), generator=gen, dtype=torch.int32)
+    emap = None if expert_map is None else torch.tensor(expert_map, dtype=torch.int32)
+    local = ids.long() if emap is None else emap[ids.long()].long()
+    num_local = num_experts if emap is None else int((emap >= 0).sum())
+    sorted_slots, block_expert, block_rows = _align(ids, emap, num_local, block_m)
+    seen = []
+    for blk in range(block_expert.numel()):
+        rows = int(block_rows[blk])
+        if rows == 0:
+            continue
+        assert 0 < rows <= block_m
+        slots = sorted_slots[blk * block_m: blk * block_m + rows].long()
+        assert (local[slots] == int(block_expert[blk])).all()
+        seen += slots.tolist()
+    expected = torch.nonzero(local >= 0).flatten().tolist()
+    assert sorted(seen) == expected and len(seen) == len(set(seen))
+    # slots keep their order inside an expert, and experts come in order
+    order = [(int(local[s]), s) for s in seen]
+    assert order == sorted(order)
+
+
+def test_non_contiguous_inputs_are_accepted() -> None:
+    config, seed = _BASE, fresh_seed()
+    layer = loaded_layer(config, random_weights(config, seed=seed), CPU)
+    x, logits = inputs(config, 7, seed)
+    topk_weights, topk_ids = route(logits, config)
+    wide = torch.zeros(7, 2 * config.hidden_size, dtype=config.dtype)
+    wide[:, ::2] = x
+    apply = layer.backend.apply
+    expected = apply(config, layer._converted, x, topk_weights, topk_ids, logits, None)
+    strided = apply(config, layer._converted, wide[:, ::2], topk_weights.t().contiguous().t(),
+                    topk_ids.t().contiguous().t(), logits, None)
+    assert torch.equal(expected, strided)
+
+
+def test_custom_op_is_opaque_to_torch_compile() -> None:
+    config, seed = _BASE, fresh_seed()
+    layer = loaded_layer(config, random_weights(config, seed=seed), CPU)
+    x, logits = inputs(config, 5, seed)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x, logits), layer(x, logits))
+
+
+def test_custom_op_schema_and_fake_implementation() -> None:
+    config, seed = _BASE, fresh_seed()
+    converted = hooks.convert_weights(config, random_weights(config, seed=seed), CPU)
+    x, logits = inputs(config, 3, seed)
+    topk_weights, topk_ids = route(logits, config)
+    w, math = converted, converted.math
+    args = (x, topk_weights, topk_ids, None, w.w13, w.w13_scale, w.w2, w.w2_scale, w.w13_bias,
+            w.w2_bias, math.weight_format, math.activation, math.alpha, math.beta, math.limit,
+            math.weight_on_input)
+    torch.library.opcheck(torch.ops.mxmoe_emulation.triton_moe.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+_CONFORMANCE_SUBSET = {"base", "w-mxfp8", "dtype-fp16", "ep-strided", "weight-on-input-top1",
+                       "odd-shape"}
+
+
+class TestTritonConformanceInterpreted(BackendConformance):
+    """The conformance kit on CPU tensors under the Triton interpreter.
+
+    ``supports_case`` keeps six cases (base, MXFP8, fp16, a strided expert map, router
+    weight on input, unaligned shapes), because interpreted kernels run at Python
+    speed: the full matrix takes many minutes on a 2-core CPU. Activations, limits and
+    biases are covered by ``test_layer_matches_reference`` above; routing variants
+    run in the core before ``apply``; the GPU suite (test_triton_gpu.py) runs every
+    case.
+    """
+
+    backend = BACKEND
+    device = "cpu"
+
+    @pytest.fixture(autouse=True)
+    def _registered_backend(self) -> None:
+        ensure_registered()
+
+    def supports_case(self, case: Case) -> bool:
+        return case.id in _CONFORMANCE_SUBSET
