@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BackendError as exc:
         print(f"mxmoe: {exc}", file=sys.stderr)
         return 2
-    records = explain(config, device)
+    records = explain(config, device, args.backend)
     print(f"backend: {layer.backend_name} — {_why(records, layer.backend_name)}")
     weights = random_weights(config, seed=args.seed)
     layer.load_weights(**weights.to(device).tensors())

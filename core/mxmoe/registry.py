@@ -166,9 +166,11 @@ class Registry:
         try:
             pm.register(plugin, name=name)  # validates signatures against the hookspecs
             impls = self._own_impls(name)
-        except Exception:
+        except Exception as exc:
             if pm.has_plugin(name):  # pluggy may have added some hooks before failing
                 pm.unregister(name=name)
+            if isinstance(exc, pluggy.PluginValidationError):
+                raise TypeError(f"backend {name!r}: {exc}") from exc
             raise
         backend = Backend(name, plugin, distribution, version, impls)
         self.backends[name] = backend

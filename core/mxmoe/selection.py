@@ -165,13 +165,15 @@ def select_backend(
     return ranked[0]
 
 
-def explain(config: MoEConfig, device: torch.device | str | None = None) -> list[BackendRecord]:
+def explain(config: MoEConfig, device: torch.device | str | None = None,
+            backend: str | None = None) -> list[BackendRecord]:
     """One record per discovered backend and per plugin that failed to load, with its
-    verdict for (config, device) and which one automatic (or forced) selection picks."""
+    verdict for (config, device) and which one selection picks (``backend`` and
+    ``MXMOE_BACKEND`` force a choice as in :func:`select_backend`)."""
     dev = _as_device(device)
     registry = get_registry()
     try:
-        chosen = select_backend(config, dev)[0].name
+        chosen = select_backend(config, dev, backend)[0].name
     except BackendError:
         chosen = None
     records = []
