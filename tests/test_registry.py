@@ -276,7 +276,7 @@ def test_register_backend_validates_its_input() -> None:
         def apply(self, hidden_states: torch.Tensor, stream: object) -> torch.Tensor:
             return hidden_states
 
-    with pytest.raises(TypeError, match="backend .extra.: .*stream"):
+    with pytest.raises(TypeError, match="(?s)backend .extra.: .*stream"):
         register_backend("extra", Extra())
     assert not get_registry().plugin_manager.has_plugin("extra")
     register_backend("extra", _InlineBackend())  # the name is free again
