@@ -1,0 +1,1 @@
+"""Test double of ``aiter.ops``."""

@@ -1,0 +1,1 @@
+"""Test double of ``aiter.ops.triton.moe_routing``."""
