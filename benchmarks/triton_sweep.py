@@ -36,30 +36,33 @@ FACTS_CEILINGS = Ceilings(hbm_read_TBps=2.99, bf16_TFLOPs=754.0)
 #: Named candidates; "table" means whatever tiles.py picks for the M.
 VARIANTS: dict[str, Tiles | None] = {
     "table": None,
-    # decode: many small N tiles, deep K steps
-    "s16-32x256-ds": Tiles(16, 32, 32, 256, 4, 4, "dot_scaled"),
-    "s16-32x256-mn": Tiles(16, 32, 32, 256, 4, 4, "manual"),
-    "s16-16x256-ds": Tiles(16, 16, 16, 256, 4, 4, "dot_scaled"),
-    "s16-16x256-mn": Tiles(16, 16, 16, 256, 4, 4, "manual"),
-    "s16-64x128-ds": Tiles(16, 64, 64, 128, 4, 4, "dot_scaled"),
-    "s16-64x128-mn": Tiles(16, 64, 64, 128, 4, 4, "manual"),
-    "s16-32x512-mn-w8": Tiles(16, 32, 32, 512, 8, 3, "manual"),
+    # decode: many small N tiles, deep K steps, one warp per 16 weight rows
+    "s16-32x256-w2": Tiles(16, 32, 32, 256, 2, 4),
+    "s16-32x256-w2-mn": Tiles(16, 32, 32, 256, 2, 4, "manual"),
+    "s16-16x256-w1": Tiles(16, 16, 16, 256, 1, 4),
+    "s16-32x128-w2": Tiles(16, 32, 32, 128, 2, 4),
+    "s16-32x512-w2": Tiles(16, 32, 32, 512, 2, 3),
+    "s16-32x256-w2-s6": Tiles(16, 32, 32, 256, 2, 6),
+    "s16-64x256-w4": Tiles(16, 64, 64, 256, 4, 4),
+    "s16-64x128-w4": Tiles(16, 64, 64, 128, 4, 4),
+    "s32-32x256-w2": Tiles(32, 32, 32, 256, 2, 4),
     # prefill: large tiles, both operand orders
-    "b128-128x64-ds": Tiles(128, 128, 128, 64, 8, 3, "dot_scaled"),
-    "b128-128x64-mn": Tiles(128, 128, 128, 64, 8, 3, "manual"),
-    "b128-128x64-ds-xl": Tiles(128, 128, 128, 64, 8, 3, "dot_scaled", swap=False),
-    "b128-128x64-mn-xl": Tiles(128, 128, 128, 64, 8, 3, "manual", swap=False),
-    "b64-128x64-ds": Tiles(64, 128, 128, 64, 4, 3, "dot_scaled"),
-    "b64-128x64-mn": Tiles(64, 128, 128, 64, 4, 3, "manual"),
-    "b128-128x128-ds": Tiles(128, 128, 128, 128, 8, 3, "dot_scaled"),
-    "b128-64x128-mn-xl": Tiles(128, 64, 64, 128, 4, 3, "manual", swap=False),
+    "b128-128x64-w8": Tiles(128, 128, 128, 64, 8, 3),
+    "b128-128x64-w8-xl": Tiles(128, 128, 128, 64, 8, 3, swap=False),
+    "b128-64x64-w4-xl": Tiles(128, 64, 64, 64, 4, 3, swap=False),
+    "b128-128x128-w8": Tiles(128, 128, 128, 128, 8, 3),
+    "b64-128x64-w4": Tiles(64, 128, 128, 64, 4, 3),
+    "b256-64x64-w8-xl": Tiles(256, 64, 64, 64, 8, 3, swap=False),
+    "b256-64x128-w8-xl": Tiles(256, 64, 128, 64, 8, 3, swap=False),
+    "b128-128x64-w8-mn": Tiles(128, 128, 128, 64, 8, 3, "manual"),
 }
 
-DECODE_VARIANTS = ("table", "s16-32x256-ds", "s16-32x256-mn", "s16-16x256-ds", "s16-16x256-mn",
-                   "s16-64x128-ds", "s16-64x128-mn", "s16-32x512-mn-w8")
-PREFILL_VARIANTS = ("table", "b128-128x64-ds", "b128-128x64-mn", "b128-128x64-ds-xl",
-                    "b128-128x64-mn-xl", "b64-128x64-ds", "b64-128x64-mn", "b128-128x128-ds",
-                    "b128-64x128-mn-xl")
+DECODE_VARIANTS = ("table", "s16-32x256-w2", "s16-32x256-w2-mn", "s16-16x256-w1",
+                   "s16-32x128-w2", "s16-32x512-w2", "s16-32x256-w2-s6", "s16-64x256-w4",
+                   "s16-64x128-w4", "s32-32x256-w2")
+PREFILL_VARIANTS = ("table", "b128-128x64-w8", "b128-128x64-w8-xl", "b128-64x64-w4-xl",
+                    "b128-128x128-w8", "b64-128x64-w4", "b256-64x64-w8-xl",
+                    "b256-64x128-w8-xl", "b128-128x64-w8-mn")
 
 
 def variants_for(m: int, spec: str) -> list[str]:
@@ -67,6 +70,11 @@ def variants_for(m: int, spec: str) -> list[str]:
     if spec == "all":
         return list(DECODE_VARIANTS if m <= 256 else PREFILL_VARIANTS)
     return spec.split(",")
+
+
+def replayer(graphs: list[torch.cuda.CUDAGraph]):
+    """call(i) replaying the i-th captured forward (rotating)."""
+    return lambda i: graphs[i % len(graphs)].replay()
 
 
 def kernel_split(call, runs: int) -> dict[str, float]:
@@ -120,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             diff = 0.0 if first is None else relative_error(out, first)
             first = out if first is None else first
             eager = time_calls(call, device, warmup=3, repeats=args.repeats, budget_s=5).ms
-            graphs = capture_graphs(call, len(sets), device)
-            graph = time_calls(lambda i: graphs[i % len(graphs)].replay(), device, warmup=3,
-                               repeats=args.repeats, budget_s=5).ms
+            graph = time_calls(replayer(capture_graphs(call, len(sets), device)), device,
+                               warmup=3, repeats=args.repeats, budget_s=5).ms
             split = kernel_split(call, len(sets))
             row = {"M": m, "variant": name, "tiles": repr(tiles), "eager_ms": eager,
                    "graph_ms": graph, "floor_ms": floor.ms, "bound": floor.bound,
@@ -134,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"M={m:5d} {name:20s} eager {eager:8.4f} graph {graph:8.4f} ms | floor "
                   f"{floor.ms:.4f} ({100 * floor.ms / graph:5.1f}%) {row['TBps']:5.2f} TB/s "
                   f"{row['TFLOPs']:6.1f} TF/s | diff {diff:.1e} | us: {kern}", flush=True)
-            del graphs
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "preset": args.preset,

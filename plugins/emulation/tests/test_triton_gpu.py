@@ -15,10 +15,16 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA or ROCm GPU (test_triton_interpreter.py covers the kernels' "
                 "logic on CPU)", allow_module_level=True)
 
-from mxmoe import ExpertWeights, FusedMoE, MoEConfig, preset, reference_moe, relative_error
-from mxmoe.formats import quantize_mx
+import dataclasses
+
+from mxmoe import (ExpertWeights, FusedMoE, MoEConfig, preset, reference_experts, reference_moe,
+                   relative_error, route)
+from mxmoe.bench.workload import device_weights
 from mxmoe.reference import tolerance
 from mxmoe.testing import BackendConformance
+from mxmoe_emulation.triton_backend import hooks
+from mxmoe_emulation.triton_backend.launch import moe_forward
+from mxmoe_emulation.triton_backend.tiles import Tiles
 from test_triton_helpers import BACKEND, ensure_registered, fresh_seed, inputs, loaded_layer
 
 CUDA = torch.device("cuda", torch.cuda.current_device())
@@ -35,29 +41,33 @@ class TestTritonConformanceGPU(BackendConformance):
         ensure_registered()
 
 
-def gpu_random_weights(config: MoEConfig, seed: int) -> ExpertWeights:
-    """mxmoe.random_weights' distribution, drawn and quantized on the GPU (the CPU
-    takes minutes to quantize gpt-oss-sized layers)."""
-    gen = torch.Generator(device=CUDA).manual_seed(seed)
-    e, h, i = config.num_local_experts, config.hidden_size, config.intermediate_size
-    fmt = config.weight_format.mx_name
-
-    def quantized(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantize_mx(torch.randn(e, rows, cols, generator=gen, device=CUDA) * cols ** -0.5, fmt)
-
-    w13, w13_scale = quantized(2 * i, h)
-    w2, w2_scale = quantized(h, i)
-    weights = ExpertWeights(w13, w13_scale, w2, w2_scale)
-    if config.has_bias:
-        weights.w13_bias = (torch.randn(e, 2 * i, generator=gen, device=CUDA) * 0.1).to(config.dtype)
-        weights.w2_bias = (torch.randn(e, h, generator=gen, device=CUDA) * 0.1).to(config.dtype)
-    return weights
+@pytest.mark.parametrize("tiles", [
+    Tiles(16, 32, 32, 256, 2, 4), Tiles(16, 64, 64, 128, 4, 4),
+    Tiles(128, 128, 128, 64, 8, 3), Tiles(128, 64, 64, 64, 8, 3, swap=False),
+], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_decodes_agree_with_reference(tiles: Tiles, dtype: torch.dtype) -> None:
+    """The inline-PTX decode and the portable one, on the table's kinds of tiles, both
+    match the reference (K = 512 spans several tiles; 97 tokens fill partial blocks)."""
+    config = MoEConfig(num_experts=8, top_k=2, hidden_size=512, intermediate_size=384,
+                       activation="swigluoai", has_bias=True, dtype=dtype)
+    seed = fresh_seed()
+    weights = device_weights(config, CUDA, seed)
+    converted = hooks.convert_weights(config, weights, CUDA)
+    x, logits = inputs(config, 97, seed, CUDA)
+    topk_weights, topk_ids = route(logits, config)
+    ref = reference_experts(config, weights, x, topk_weights, topk_ids)
+    for decode in ("asm", "manual"):
+        out = moe_forward(x, topk_weights, topk_ids, None, converted,
+                          dataclasses.replace(tiles, decode=decode))
+        err = relative_error(out, ref)
+        assert err <= tolerance(config), f"{decode} seed={seed}: relative error {err:.2e}"
 
 
 @pytest.fixture(scope="module")
 def gpt_oss_20b() -> tuple[MoEConfig, ExpertWeights, FusedMoE]:
     config = preset("gpt-oss-20b")
-    weights = gpu_random_weights(config, fresh_seed())
+    weights = device_weights(config, CUDA, fresh_seed())
     return config, weights, loaded_layer(config, weights, CUDA)
 
 

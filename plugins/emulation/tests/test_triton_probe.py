@@ -15,7 +15,6 @@ import sys
 import pytest
 import torch
 
-import mxmoe
 from mxmoe import BackendError, FusedMoE, MoEConfig, random_weights
 from mxmoe.selection import clear_verdict_cache
 from mxmoe_emulation.triton_backend import hooks, probe

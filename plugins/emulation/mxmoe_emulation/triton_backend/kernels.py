@@ -6,7 +6,11 @@ Four launches make one layer, all on the device, none waiting for the host:
    and lays the (token, k) *slots* out expert by expert in blocks of ``BLOCK_M`` rows.
    It writes ``sorted_slots[row]`` (the slot at each padded row), and per block its
    local expert and its number of real rows (0 for the unused tail of the worst-case
-   grid), so the GEMMs need no sentinel rows and no host-known counts.
+   grid), so the GEMMs need no sentinel rows and no host-known counts. Slots get
+   their row inside an expert from an atomic counter, so the order of rows within an
+   expert may differ between runs; no result depends on it (each output row of a
+   matrix product depends only on its own input row), so outputs are bitwise
+   reproducible.
 2. :func:`moe_gemm_kernel` as GEMM1: gathers each block's token rows, multiplies them
    by the expert's gate and up weight tiles (MX bytes dequantized in registers),
    adds the biases and applies the activation in the epilogue, writing the block's
@@ -16,15 +20,22 @@ Four launches make one layer, all on the device, none waiting for the host:
 4. :func:`sum_slots_kernel`: each token's output is the sum of its ``top_k`` slot
    rows, in slot order (deterministic; slots of non-local experts are skipped).
 
-The MX weight tile is turned into a matrix product in one of two ways, chosen by the
-``DECODE`` constexpr: ``"dot_scaled"`` hands the packed bytes and their E8M0 scales
-to ``tl.dot_scaled`` (Triton upcasts them for the tensor cores itself; bf16 only), and
-``"manual"`` decodes them here with integer bit operations (E2M1 codes become float16
-bit patterns, exact, subnormals included; E4M3 bytes convert natively), multiplies by
-``2**(s - 127)`` in float32 and rounds to the activation dtype, which is exact for
-the scales :mod:`.layout` admits. ``SWAP`` picks the orientation of the product:
-``W @ X^T`` (weights as the left operand, so the token block can be as small as 16)
-or ``X @ W^T``.
+MXFP4 tiles use the split-nibble layout of :mod:`.layout`: the low nibbles of a
+tile's bytes are whole MX blocks of K and the high nibbles the blocks after them, so
+a byte tile decodes into two weight tiles, each multiplied with the matching columns
+of the activations (no interleaving of nibbles in registers). Decoding, per element:
+
+* ``ASM`` (NVIDIA): inline PTX on 32-bit words, four bytes at a time: bytes are
+  spread into 16-bit lanes (``prmt``), each E2M1 code's three magnitude bits and
+  sign are shifted into a bf16 (fp16) bit pattern equal to the value times 2**-126
+  (2**-14), exact including the subnormal 0.5, and two packed FMAs multiply by
+  2**126 (2**14) and by the block's scale: about 3.5 instructions per weight.
+* otherwise (the interpreter, ROCm): the same arithmetic in Triton operations
+  through float16 bit patterns and float32, one element at a time.
+
+E4M3 (MXFP8) bytes convert with Triton's float8 cast and are scaled in float32.
+``SWAP`` picks the orientation of the product: ``W @ X^T`` (weights as the left
+operand, so a block of 16 tokens needs no padding to the MMA's 64 rows) or ``X @ W^T``.
 
 ``INTERPRET`` (set when running under ``TRITON_INTERPRET=1``) works around two traps
 of Triton's CPU interpreter (seen with Triton 3.9): its ``tl.dot`` of two bf16 tiles
@@ -57,33 +68,41 @@ def _local_experts(ids_ptr, map_ptr, slots, num_slots, HAS_MAP: tl.constexpr):
 @triton.jit
 def align_kernel(
     ids_ptr, map_ptr, sorted_slots_ptr, block_expert_ptr, block_rows_ptr,
+    counts_ptr, rank_ptr, row_start_ptr,
     num_slots, num_blocks,
     NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, HAS_MAP: tl.constexpr,
     BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
 ):
     """Group the slots by local expert into blocks of BLOCK_M rows (one program).
 
-    Slots keep their order within an expert. Every one of the ``num_blocks`` block
-    entries is written (unused ones get 0 rows), so no buffer needs clearing.
+    ``counts_ptr``/``row_start_ptr`` ([E_PAD]) and ``rank_ptr`` ([num_slots]) are
+    scratch. Every one of the ``num_blocks`` block entries is written (unused ones get
+    0 rows), so no buffer needs clearing by the caller.
     """
     experts = tl.arange(0, E_PAD)
-    counts = tl.zeros([E_PAD], dtype=tl.int32)
-    for start in range(0, num_slots, CHUNK):
-        local = _local_experts(ids_ptr, map_ptr, start + tl.arange(0, CHUNK), num_slots, HAS_MAP)
-        counts += tl.sum((local[:, None] == experts[None, :]).to(tl.int32), axis=0)
-    blocks = (counts + BLOCK_M - 1) // BLOCK_M
-    block_end = tl.cumsum(blocks, axis=0)
-    block_start = block_end - blocks
-    row_start = block_start * BLOCK_M
-    seen = tl.zeros([E_PAD], dtype=tl.int32)
+    tl.store(counts_ptr + experts, tl.zeros([E_PAD], dtype=tl.int32))
+    tl.debug_barrier()
     for start in range(0, num_slots, CHUNK):
         slots = start + tl.arange(0, CHUNK)
         local = _local_experts(ids_ptr, map_ptr, slots, num_slots, HAS_MAP)
-        onehot = (local[:, None] == experts[None, :]).to(tl.int32)
-        before = tl.cumsum(onehot, axis=0) - onehot + seen[None, :]
-        row = tl.sum(onehot * (before + row_start[None, :]), axis=1)
-        tl.store(sorted_slots_ptr + row, slots, mask=local >= 0)
-        seen += tl.sum(onehot, axis=0)
+        valid = local >= 0
+        rank = tl.atomic_add(counts_ptr + local, tl.full([CHUNK], 1, tl.int32), mask=valid,
+                             sem="relaxed")
+        tl.store(rank_ptr + slots, rank, mask=valid)
+    tl.debug_barrier()
+    counts = tl.load(counts_ptr + experts, volatile=True)
+    blocks = (counts + BLOCK_M - 1) // BLOCK_M
+    block_end = tl.cumsum(blocks, axis=0)
+    block_start = block_end - blocks
+    tl.store(row_start_ptr + experts, block_start * BLOCK_M)
+    tl.debug_barrier()
+    for start in range(0, num_slots, CHUNK):
+        slots = start + tl.arange(0, CHUNK)
+        local = _local_experts(ids_ptr, map_ptr, slots, num_slots, HAS_MAP)
+        valid = local >= 0
+        row = (tl.load(row_start_ptr + local, mask=valid, other=0)
+               + tl.load(rank_ptr + slots, mask=valid, other=0))
+        tl.store(sorted_slots_ptr + row, slots, mask=valid)
     for start in range(0, num_blocks, BLOCK_CHUNK):
         blk = start + tl.arange(0, BLOCK_CHUNK)
         # the owner of a block: the number of experts whose blocks all come before it
@@ -109,45 +128,125 @@ def _round(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 
 # -- MX weight tiles -----------------------------------------------------------------
 
+# Four packed bytes ($4) and the scales of their low ($5, $6) and high ($7, $8)
+# nibbles (bf16x2) -> the low-nibble weights ($0, $1) and high-nibble weights ($2, $3).
+# prmt spreads bytes 0,1 (2,3) into the two 16-bit lanes; a nibble's magnitude bits
+# go to bits 6..8 of its lane and its sign to bit 15: the bf16 of value * 2**-126.
+_FP4_TO_BF16 = tl.constexpr("""{
+.reg .b32 t0, t1, m, s, k, z, zero;
+mov.b32 k, 0x7E807E80;
+mov.b32 z, 0x80008000;
+mov.b32 zero, 0;
+prmt.b32 t0, $4, zero, 0x4140;
+prmt.b32 t1, $4, zero, 0x4342;
+shl.b32 m, t0, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, t0, 12; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $0, m, $5, z;
+shl.b32 m, t1, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, t1, 12; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $1, m, $6, z;
+shl.b32 m, t0, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, t0, 8; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $2, m, $7, z;
+shl.b32 m, t1, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, t1, 8; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $3, m, $8, z;
+}""")
+
+# The same for float16: magnitude bits to 9..11 give value * 2**-14.
+_FP4_TO_FP16 = tl.constexpr("""{
+.reg .b32 t0, t1, m, s, k, z, zero;
+mov.b32 k, 0x74007400;
+mov.b32 z, 0x80008000;
+mov.b32 zero, 0;
+prmt.b32 t0, $4, zero, 0x4140;
+prmt.b32 t1, $4, zero, 0x4342;
+shl.b32 m, t0, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t0, 12; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $0, m, $5, z;
+shl.b32 m, t1, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t1, 12; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $1, m, $6, z;
+shl.b32 m, t0, 5; and.b32 m, m, 0x0E000E00; shl.b32 s, t0, 8; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $2, m, $7, z;
+shl.b32 m, t1, 5; and.b32 m, m, 0x0E000E00; shl.b32 s, t1, 8; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $3, m, $8, z;
+}""")
+
 
 @triton.jit
-def _dequantize(wq, ws, EPB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                DTYPE: tl.constexpr):
-    """MX bytes ``wq`` ([BN, BK/2] packed E2M1 or [BN, BK] E4M3) and E8M0 scales ``ws``
-    ([BN, BK/32]) -> weights [BN, BK] in DTYPE. EPB: elements per byte (2 or 1)."""
-    if EPB == 2:
-        codes = tl.join(wq & 0xF, wq >> 4).reshape(BLOCK_N, BLOCK_K).to(tl.uint16)
-        # E2M1 s|e1 e0|m as float16 bits s|00 0e1 e0|m 000000000: the value times 2**-14,
-        # exact for every code including the subnormal 0.5
-        half = (((codes & 7) << 9) | ((codes & 8) << 12)).to(tl.float16, bitcast=True)
-        values = half.to(tl.float32)
-        scale = (ws.to(tl.int32) << 23).to(tl.float32, bitcast=True) * 16384.0
+def _scales(ws, DTYPE: tl.constexpr):
+    """E8M0 bytes -> 2**(s - 127) in DTYPE (byte 0 gives 0; layout.py bounds the rest)."""
+    return (ws.to(tl.int32) << 23).to(tl.float32, bitcast=True).to(DTYPE)
+
+
+@triton.jit
+def _e2m1_values(codes):
+    """E2M1 codes (uint8, 0..15) -> float32, exactly, through float16 bit patterns:
+    s|e1 e0|m becomes s|00 0 e1 e0|m 0..0, the value times 2**-14 (0.5 is subnormal)."""
+    c = codes.to(tl.uint16)
+    half = (((c & 7) << 9) | ((c & 8) << 12)).to(tl.float16, bitcast=True)
+    return half.to(tl.float32) * 16384.0
+
+
+@triton.jit
+def _decode_fp4(wq, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.constexpr,
+                ASM: tl.constexpr):
+    """Split-nibble bytes [BN, BK/2] and their scales [BN, BK/32] -> the weights of the
+    low nibbles and of the high nibbles, each [BN, BK/2] in DTYPE."""
+    HALF: tl.constexpr = BLOCK_K // 2
+    GROUPS: tl.constexpr = BLOCK_K // 64
+    if ASM:
+        scale = _scales(ws, DTYPE)
     else:
-        values = wq.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        scale = (ws.to(tl.int32) << 23).to(tl.float32, bitcast=True)
-    blocks = values.reshape(BLOCK_N, BLOCK_K // 32, 32) * scale[:, :, None]
+        scale = _scales(ws, tl.float32)
+    s_lo, s_hi = scale.reshape(BLOCK_N, GROUPS, 2).split()
+    s_lo = tl.broadcast_to(s_lo[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
+    s_hi = tl.broadcast_to(s_hi[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
+    if ASM:
+        if DTYPE == tl.bfloat16:
+            w_lo, w_hi = tl.inline_asm_elementwise(
+                _FP4_TO_BF16, "=r,=r,=r,=r,r,r,r,r,r", [wq, s_lo, s_hi],
+                dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            w_lo, w_hi = tl.inline_asm_elementwise(
+                _FP4_TO_FP16, "=r,=r,=r,=r,r,r,r,r,r", [wq, s_lo, s_hi],
+                dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        w_lo = (_e2m1_values(wq & 0xF) * s_lo).to(DTYPE)
+        w_hi = (_e2m1_values(wq >> 4) * s_hi).to(DTYPE)
+    return w_lo, w_hi
+
+
+@triton.jit
+def _decode_fp8(wq, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.constexpr):
+    """E4M3 bytes [BN, BK] and their scales [BN, BK/32] -> weights [BN, BK] in DTYPE."""
+    values = wq.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    blocks = values.reshape(BLOCK_N, BLOCK_K // 32, 32) * _scales(ws, tl.float32)[:, :, None]
     return blocks.reshape(BLOCK_N, BLOCK_K).to(DTYPE)
 
 
 @triton.jit
-def _mx_dot(a, wq, ws, acc, W_FMT: tl.constexpr, EPB: tl.constexpr, DECODE: tl.constexpr, SWAP: tl.constexpr,
-            INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + (a [BM, BK] times the MX weight tile [BN, BK] transposed), oriented
-    [BN, BM] when SWAP else [BM, BN]."""
-    if DECODE == "dot_scaled":
-        if SWAP:
-            acc = tl.dot_scaled(wq, ws, W_FMT, tl.trans(a), None, "bf16", acc=acc)
-        else:
-            acc = tl.dot_scaled(a, None, "bf16", tl.trans(wq), ws, W_FMT, acc=acc)
+def _mma(w, a, acc, SWAP: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc + a [BM, K] times w [BN, K] transposed, as [BN, BM] if SWAP else [BM, BN]."""
+    if INTERPRET:
+        w = w.to(tl.float32)
+        a = a.to(tl.float32)
+    if SWAP:
+        acc = tl.dot(w, tl.trans(a), acc)
     else:
-        w = _dequantize(wq, ws, EPB, BLOCK_N, BLOCK_K, a.dtype)
-        if INTERPRET:
-            w = w.to(tl.float32)
-            a = a.to(tl.float32)
-        if SWAP:
-            acc = tl.dot(w, tl.trans(a), acc)
-        else:
-            acc = tl.dot(a, tl.trans(w), acc)
+        acc = tl.dot(a, tl.trans(w), acc)
+    return acc
+
+
+@triton.jit
+def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, s_ptrs, w_mask, s_mask, EPB: tl.constexpr,
+                     ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + the activations times one MX weight tile (a_lo: the tile's K columns, or
+    for MXFP4 the low-nibble columns with a_hi the high-nibble ones)."""
+    wq = tl.load(w_ptrs, mask=w_mask, other=0)
+    ws = tl.load(s_ptrs, mask=s_mask, other=0)
+    if EPB == 2:
+        w_lo, w_hi = _decode_fp4(wq, ws, BLOCK_N, BLOCK_K, a_lo.dtype, ASM)
+        acc = _mma(w_lo, a_lo, acc, SWAP, INTERPRET)
+        acc = _mma(w_hi, a_hi, acc, SWAP, INTERPRET)
+    else:
+        acc = _mma(_decode_fp8(wq, ws, BLOCK_N, BLOCK_K, a_lo.dtype), a_lo, acc, SWAP, INTERPRET)
     return acc
 
 
@@ -203,7 +302,7 @@ def moe_gemm_kernel(
     TOP_K: tl.constexpr, GATED: tl.constexpr, ROW_STEP: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
-    W_FMT: tl.constexpr, EPB: tl.constexpr, DECODE: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
+    EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) tile.
@@ -211,7 +310,8 @@ def moe_gemm_kernel(
     GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
     tokens; gate rows ``n * ROW_STEP`` and up rows ``n * ROW_STEP + up_offset`` of
     ``w13``; the activation is written at the block's own rows. GEMM2: A rows are the
-    block's activation rows; the result goes to the rows of its slots.
+    block's activation rows; the result goes to the rows of its slots. ``EPB`` is 2 for
+    MXFP4 (K must be a multiple of 64) and 1 for MXFP8.
     """
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
@@ -232,17 +332,22 @@ def moe_gemm_kernel(
 
     offs_n = (pid % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    K_BYTES: tl.constexpr = BLOCK_K // EPB
-    offs_kb = tl.arange(0, K_BYTES)
-    offs_ks = tl.arange(0, BLOCK_K // 32)
+    W_BYTES: tl.constexpr = BLOCK_K // EPB
+    offs_wb = tl.arange(0, W_BYTES)
+    offs_ws = tl.arange(0, BLOCK_K // 32)
+    if EPB == 2:
+        # low nibbles of byte j hold element 64 * (j // 32) + j % 32; high nibbles the
+        # element 32 after it
+        a_cols = (offs_wb // 32) * 64 + offs_wb % 32
+    else:
+        a_cols = offs_wb
 
     gate_rows = (offs_n * ROW_STEP).to(tl.int64)
     w_base = w_ptr + expert * stride_we
     s_base = s_ptr + expert * stride_se
-    a_ptrs = a_ptr + a_rows[:, None] * stride_a + offs_k[None, :]
-    wg_ptrs = w_base + gate_rows[:, None] * stride_wn + offs_kb[None, :]
-    sg_ptrs = s_base + gate_rows[:, None] * stride_sn + offs_ks[None, :]
+    a_ptrs = a_ptr + a_rows[:, None] * stride_a + a_cols[None, :]
+    wg_ptrs = w_base + gate_rows[:, None] * stride_wn + offs_wb[None, :]
+    sg_ptrs = s_base + gate_rows[:, None] * stride_sn + offs_ws[None, :]
     wu_ptrs = wg_ptrs + up_offset * stride_wn
     su_ptrs = sg_ptrs + up_offset * stride_sn
 
@@ -252,23 +357,26 @@ def moe_gemm_kernel(
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros_like(acc_g)
     for k0 in range(0, K, BLOCK_K):
-        k_mask = (k0 + offs_k) < K
-        a = tl.load(a_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        a_mask = m_mask[:, None] & ((k0 + a_cols) < K)[None, :]
+        a_lo = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        if EPB == 2:
+            a_hi = tl.load(a_ptrs + 32, mask=a_mask, other=0.0)
+        else:
+            a_hi = a_lo
         if WEIGHT_ON_INPUT:
-            a = _round(a.to(tl.float32) * route_w[:, None], a.dtype, INTERPRET)
-        kb_mask = n_mask[:, None] & ((k0 // EPB + offs_kb) < K // EPB)[None, :]
-        ks_mask = n_mask[:, None] & ((k0 // 32 + offs_ks) < K // 32)[None, :]
-        wq = tl.load(wg_ptrs, mask=kb_mask, other=0)
-        ws = tl.load(sg_ptrs, mask=ks_mask, other=0)
-        acc_g = _mx_dot(a, wq, ws, acc_g, W_FMT, EPB, DECODE, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+            a_lo = _round(a_lo.to(tl.float32) * route_w[:, None], a_lo.dtype, INTERPRET)
+            a_hi = _round(a_hi.to(tl.float32) * route_w[:, None], a_hi.dtype, INTERPRET)
+        w_mask = n_mask[:, None] & ((k0 // EPB + offs_wb) < K // EPB)[None, :]
+        s_mask = n_mask[:, None] & ((k0 // 32 + offs_ws) < K // 32)[None, :]
+        acc_g = _mx_tile_product(acc_g, a_lo, a_hi, wg_ptrs, sg_ptrs, w_mask, s_mask, EPB, ASM,
+                                 SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         if GATED:
-            wq = tl.load(wu_ptrs, mask=kb_mask, other=0)
-            ws = tl.load(su_ptrs, mask=ks_mask, other=0)
-            acc_u = _mx_dot(a, wq, ws, acc_u, W_FMT, EPB, DECODE, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+            acc_u = _mx_tile_product(acc_u, a_lo, a_hi, wu_ptrs, su_ptrs, w_mask, s_mask, EPB,
+                                     ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         a_ptrs += BLOCK_K
-        wg_ptrs += K_BYTES
+        wg_ptrs += W_BYTES
         sg_ptrs += BLOCK_K // 32
-        wu_ptrs += K_BYTES
+        wu_ptrs += W_BYTES
         su_ptrs += BLOCK_K // 32
 
     if HAS_BIAS:

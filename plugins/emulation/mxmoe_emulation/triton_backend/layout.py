@@ -1,25 +1,30 @@
 """The ``triton`` backend's weight layout and its conversion from the checkpoint layout.
 
 The kernels read each weight tile as rows of an output dimension N with the
-reduction dimension K contiguous: exactly the checkpoint layout (``w13`` [E, 2I, H/2],
-``w2`` [E, H, I/2], scales [E, N, K/32]). So the MX bytes are kept as they are, still
-packed (two E2M1 codes a byte, or one E4M3 byte), never widened to BF16: the only
-changes are
+reduction dimension K contiguous, as the checkpoint stores them (``w13`` [E, 2I, ...],
+``w2`` [E, H, ...]). The MX bytes stay packed (two E2M1 codes a byte, or one E4M3
+byte), never widened to BF16. What conversion changes:
 
-* MXFP8 values are viewed as ``uint8`` (same bytes) so one code path loads both;
-* every tensor is made contiguous (16-byte-aligned rows when K/2 is a multiple of
-  16, which lets Triton issue wide loads);
-* biases become float32 (an exact widening; 4 bytes per output row, negligible),
-  added in the GEMM epilogues.
+* MXFP4 bytes are regrouped ("split nibbles"): in each run of 32 bytes (64 elements
+  of K, two MX blocks) byte j holds element j in its low nibble and element 32 + j in
+  its high nibble, instead of elements 2j and 2j + 1. A tile's low nibbles are then
+  whole MX blocks and its high nibbles the blocks after them, so the kernels decode
+  each nibble set straight into a weight tile and multiply it with the matching
+  columns of the activations; nothing is interleaved in registers. This needs K to
+  be a multiple of 64 (the probe asks the layer to pad H and I to 64).
+* MXFP8 values are viewed as ``uint8`` (same bytes);
+* scale rows are padded with zeros to a multiple of 16 bytes (``[E, N, K/32]`` ->
+  ``[E, N, ceil16(K/32)]``), so a tile's scales are aligned vector loads;
+* biases become float32 (an exact widening), added in the GEMM epilogues.
 
 Gate/up rows stay where the checkpoint has them (interleaved for SWIGLUOAI, halves
 otherwise); the GEMM1 kernel reads the gate rows and the up rows of an output tile as
 two strided row sets, so no permutation is needed.
 
-The scales are checked once here, because the in-register dequantization forms
-``2**(s - 127)`` through float32 (and, for fp16 activations, the dequantized weight
-must fit float16): a scale byte of 0xFF (NaN) or one whose weights the compute type
-cannot hold is rejected with a ValueError rather than computed into inf or NaN.
+The scales are checked once here: a scale byte of 0xFF (NaN), or one whose weights
+the compute type cannot hold (the decode forms ``2**(s - 127)``; for fp16
+activations the dequantized weight must fit float16), is rejected with a ValueError
+rather than computed into inf or NaN.
 """
 
 from __future__ import annotations
@@ -29,12 +34,7 @@ import dataclasses
 import torch
 from mxmoe import Activation, ExpertWeights, MoEConfig, WeightFormat
 
-__all__ = ["LayerMath", "TritonWeights", "convert", "max_scale_byte"]
-
-#: Largest E8M0 byte whose block the kernels can dequantize: 2**(s - 127) times the
-#: 2**14 of the float16 bit trick must stay finite in float32 (s - 113 <= 127).
-_MAX_SCALE_BYTE_BF16 = 240
-
+__all__ = ["LayerMath", "TritonWeights", "convert", "max_scale_byte", "split_nibbles"]
 
 @dataclasses.dataclass(frozen=True)
 class LayerMath:
@@ -63,10 +63,10 @@ class LayerMath:
 class TritonWeights:
     """What ``convert_weights`` returns and ``apply`` reads (see the module docstring)."""
 
-    w13: torch.Tensor  # uint8 [E, 2I, H/2] (MXFP4) or [E, 2I, H] (MXFP8 bytes)
-    w13_scale: torch.Tensor  # uint8 [E, 2I, H/32]
-    w2: torch.Tensor  # uint8 [E, H, I/2] or [E, H, I]
-    w2_scale: torch.Tensor  # uint8 [E, H, I/32]
+    w13: torch.Tensor  # uint8 [E, 2I, H/2] split nibbles (MXFP4) or [E, 2I, H] (MXFP8)
+    w13_scale: torch.Tensor  # uint8 [E, 2I, ceil16(H/32)]
+    w2: torch.Tensor  # uint8 [E, H, I/2] split nibbles or [E, H, I]
+    w2_scale: torch.Tensor  # uint8 [E, H, ceil16(I/32)]
     w13_bias: torch.Tensor | None  # float32 [E, 2I]
     w2_bias: torch.Tensor | None  # float32 [E, H]
     math: LayerMath
@@ -81,13 +81,13 @@ class TritonWeights:
 
 
 def max_scale_byte(config: MoEConfig) -> int:
-    """The largest E8M0 scale byte whose blocks dequantize to finite ``config.dtype``."""
-    if config.dtype is not torch.float16:
-        return _MAX_SCALE_BYTE_BF16
-    # largest element (6 for E2M1, 448 for E4M3) * 2**(s - 127) <= 65504
+    """The largest E8M0 scale byte whose blocks dequantize to finite ``config.dtype``:
+    the format's largest element (6 for E2M1, 448 for E4M3) times 2**(s - 127) must
+    not exceed the dtype's maximum."""
     largest = 6.0 if config.weight_format is WeightFormat.MXFP4 else 448.0
+    limit = torch.finfo(config.dtype).max
     s = 127
-    while largest * 2.0 ** (s + 1 - 127) <= torch.finfo(torch.float16).max:
+    while s < 254 and largest * 2.0 ** (s + 1 - 127) <= limit:
         s += 1
     return s
 
@@ -107,8 +107,28 @@ def _check_scales(name: str, scales: torch.Tensor, limit: int, config: MoEConfig
         )
 
 
-def _as_bytes(t: torch.Tensor) -> torch.Tensor:
-    return (t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t).contiguous()
+def split_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """Checkpoint-packed E2M1 bytes [..., K/2] (element 2j low) -> split-nibble bytes
+    (see the module docstring); K must be a multiple of 64. One expert at a time, so
+    the unpacked codes never take more than one expert's worth of memory."""
+    out = torch.empty_like(packed)
+    for e in range(packed.shape[0]):
+        codes = torch.stack((packed[e] & 0xF, packed[e] >> 4), dim=-1).flatten(-2)
+        groups = codes.unflatten(-1, (-1, 2, 32))  # [..., K/64, (low, high), 32]
+        out[e] = (groups[..., 0, :] | (groups[..., 1, :] << 4)).flatten(-2)
+    return out
+
+
+def _padded_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Scale rows padded with zero bytes to a multiple of 16 bytes."""
+    pad = -scales.shape[-1] % 16
+    return torch.nn.functional.pad(scales, (0, pad)).contiguous() if pad else scales.contiguous()
+
+
+def _weight_bytes(t: torch.Tensor, config: MoEConfig) -> torch.Tensor:
+    if config.weight_format is WeightFormat.MXFP4:
+        return split_nibbles(t.contiguous())
+    return t.view(torch.uint8).contiguous()
 
 
 def _as_float32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -120,11 +140,15 @@ def convert(config: MoEConfig, weights: ExpertWeights) -> TritonWeights:
     limit = max_scale_byte(config)
     _check_scales("w13_scale", weights.w13_scale, limit, config)
     _check_scales("w2_scale", weights.w2_scale, limit, config)
+    for name, k in (("w13", weights.hidden_size), ("w2", weights.intermediate_size)):
+        if config.weight_format is WeightFormat.MXFP4 and k % 64:
+            raise ValueError(f"{name}: the triton backend's MXFP4 layout needs K to be a "
+                             f"multiple of 64, got {k} (its verdict asks the layer to pad)")
     return TritonWeights(
-        w13=_as_bytes(weights.w13),
-        w13_scale=weights.w13_scale.contiguous(),
-        w2=_as_bytes(weights.w2),
-        w2_scale=weights.w2_scale.contiguous(),
+        w13=_weight_bytes(weights.w13, config),
+        w13_scale=_padded_scales(weights.w13_scale),
+        w2=_weight_bytes(weights.w2, config),
+        w2_scale=_padded_scales(weights.w2_scale),
         w13_bias=_as_float32(weights.w13_bias),
         w2_bias=_as_float32(weights.w2_bias),
         math=LayerMath.from_config(config),

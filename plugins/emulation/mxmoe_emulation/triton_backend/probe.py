@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 import torch
-from mxmoe import MoEConfig, Verdict
+from mxmoe import MoEConfig, Verdict, WeightFormat
 
 __all__ = ["MIN_COMPUTE_CAPABILITY", "PRIORITY", "interpreting", "supports"]
 
@@ -79,4 +79,6 @@ def supports(config: MoEConfig, device: torch.device) -> Verdict:
         return Verdict.no(f"probe failed because {type(exc).__name__}: {exc}")
     if problem:
         return Verdict.no(problem)
-    return Verdict.yes(PRIORITY)
+    # MXFP4's split-nibble layout (layout.py) pairs MX blocks: K a multiple of 64
+    multiple = 64 if config.weight_format is WeightFormat.MXFP4 else 32
+    return Verdict.yes(PRIORITY, hidden_multiple=multiple, intermediate_multiple=multiple)

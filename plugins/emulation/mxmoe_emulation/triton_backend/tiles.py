@@ -23,8 +23,9 @@ class Tiles:
     ``block_n2`` output columns per program of GEMM1 (intermediate channels: each
     reads a gate and an up row per channel) and GEMM2 (hidden channels); ``block_k``
     reduction depth per step (a multiple of 64, so the packed FP4 tile is whole MX
-    blocks); ``decode``: how MX tiles become matrix products ("dot_scaled" or
-    "manual", see :mod:`.kernels`); ``swap``: weights as the left operand.
+    block pairs); ``decode``: how MXFP4 bytes become weights, "asm" (inline PTX, used
+    on NVIDIA GPUs) or "manual" (portable Triton operations, used elsewhere), see
+    :mod:`.kernels`; ``swap``: weights as the left operand.
     """
 
     block_m: int
@@ -33,7 +34,7 @@ class Tiles:
     block_k: int
     num_warps: int
     num_stages: int
-    decode: str = "dot_scaled"
+    decode: str = "asm"
     swap: bool = True
 
     def __post_init__(self) -> None:
@@ -43,13 +44,13 @@ class Tiles:
                 raise ValueError(f"{name}: expected a power of two >= 16, got {value}")
         if self.block_k % 64:
             raise ValueError(f"block_k: expected a multiple of 64, got {self.block_k}")
-        if self.decode not in ("dot_scaled", "manual"):
-            raise ValueError(f"decode: expected 'dot_scaled' or 'manual', got {self.decode!r}")
+        if self.decode not in ("asm", "manual"):
+            raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
 
 # (largest M, tiles), in increasing M; the last entry (None) covers every larger M.
 _GPU_TABLE: tuple[tuple[int | None, Tiles], ...] = (
-    (32, Tiles(16, 32, 32, 256, 4, 4)),
+    (32, Tiles(16, 32, 32, 256, 2, 4)),
     (256, Tiles(16, 64, 64, 128, 4, 4)),
     (1024, Tiles(64, 128, 128, 64, 8, 3)),
     (None, Tiles(128, 128, 128, 64, 8, 3)),
