@@ -327,5 +327,8 @@ def fake_quantize_activation(
     if fmt is ActivationFormat.FP8_DYNAMIC_1X128:
         q, s = quantize_fp8_per_token_group(x, 128)
         return dequantize_fp8_per_token_group(q, s)
+    if fmt is ActivationFormat.FP8_DYNAMIC_1X128_POW2:
+        q, s = quantize_fp8_per_token_group(x, 128, scale_format="pow2")
+        return dequantize_fp8_per_token_group(q, s)
     data, scales = quantize_mxfp8(x)
     return dequantize_mx(data, scales, "mxfp8_e4m3")

@@ -68,7 +68,8 @@ def _variants() -> list[tuple[str, dict]]:
     v.append(("many-experts-top4", {"num_experts": 32, "top_k": 4}))
     # activation quantization, with each weight format
     for fmt in ("mxfp4", "mxfp8"):
-        for act_fmt in ("fp8_static", "fp8_dynamic_1x128", "mxfp8_dynamic"):
+        for act_fmt in ("fp8_static", "fp8_dynamic_1x128", "fp8_dynamic_1x128_pow2",
+                        "mxfp8_dynamic"):
             v.append((f"w-{fmt}-a-{act_fmt}", {"weight_format": fmt, "activation_format": act_fmt}))
     # weight format x activation pairs
     for act in ("silu", "swigluoai_uninterleave", "swiglustep"):
@@ -78,6 +79,9 @@ def _variants() -> list[tuple[str, dict]]:
         "expert_map": _BASE.with_expert_parallel(2, 0).expert_map}))
     v.append(("w-mxfp4-a-fp8_1x128-swiglustep-ep", {
         "activation_format": "fp8_dynamic_1x128", "activation": "swiglustep",
+        "expert_map": _BASE.with_expert_parallel(4, 2).expert_map}))
+    v.append(("w-mxfp4-a-fp8_1x128_pow2-swiglustep-ep", {
+        "activation_format": "fp8_dynamic_1x128_pow2", "activation": "swiglustep",
         "expert_map": _BASE.with_expert_parallel(4, 2).expert_map}))
     return v
 

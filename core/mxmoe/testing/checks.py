@@ -68,13 +68,22 @@ def build_layer(backend: str, config: MoEConfig, device: torch.device | str,
     return layer
 
 
+# With FP8 activations a token's error is carried by the few elements whose E4M3
+# rounding a correct backend's BF16 intermediate tips the other way, so at M=1 it is
+# noisy: up to ~5% (3e-2 exceeded in ~3% of draws) for a correct backend. The error of
+# such a layer is measured over at least this many tokens: small M runs again on fresh
+# inputs, every run checked, their outputs compared with the reference together.
+MIN_QUANTIZED_TOKENS = 16
+
+
 def check_case(backend: str, case: Case, device: torch.device | str, *,
                seed: int | None = None) -> dict[int, float]:
     """Run ``case`` on ``backend`` and compare with :func:`mxmoe.reference_moe`.
 
     Checks, at every token count: output shape and dtype; every element finite (the
     allocator is poisoned with NaN first, so unwritten rows fail); rows of tokens with
-    no local expert exactly zero; relative error within :func:`mxmoe.reference.tolerance`.
+    no local expert exactly zero; relative error within :func:`mxmoe.reference.tolerance`
+    (with quantized activations, over at least :data:`MIN_QUANTIZED_TOKENS` tokens).
     Returns {tokens: relative error}.
     """
     device = torch.device(device)
@@ -87,26 +96,35 @@ def check_case(backend: str, case: Case, device: torch.device | str, *,
     tol = tolerance(config)
     errors = {}
     for m in case.tokens:
-        x, logits, _ = _inputs(config, m, seed + m + 1, device)
-        _poison_allocator(device, 4 * max(m, 1) * config.top_k * 2 * config.intermediate_size)
-        out = layer(x, logits)
         where = f"backend {backend!r}, case {case.id}, M={m}, seed={seed}"
-        if tuple(out.shape) != (m, config.hidden_size) or out.dtype != config.dtype:
-            raise ConformanceError(f"{where}: output {tuple(out.shape)} {out.dtype}, expected "
-                                   f"{(m, config.hidden_size)} {config.dtype}")
+        runs = -(-MIN_QUANTIZED_TOKENS // m) if m and config.activation_format.quantized else 1
+        outs, refs = [], []
+        for run in range(runs):
+            x, logits, _ = _inputs(config, m, seed + m + 1 + 100 * run, device)
+            _poison_allocator(device, 4 * max(m, 1) * config.top_k * 2 * config.intermediate_size)
+            out = layer(x, logits)
+            if tuple(out.shape) != (m, config.hidden_size) or out.dtype != config.dtype:
+                raise ConformanceError(f"{where}: output {tuple(out.shape)} {out.dtype}, "
+                                       f"expected {(m, config.hidden_size)} {config.dtype}")
+            if m == 0:
+                break
+            ref = reference_moe(config, weights, x.cpu(), logits.cpu(),
+                                None if bias is None else bias)
+            out_cpu = out.cpu()
+            if not torch.isfinite(out_cpu).all():
+                bad = (~torch.isfinite(out_cpu)).any(dim=1).nonzero().flatten().tolist()
+                raise ConformanceError(f"{where}: non-finite output rows {bad[:10]} "
+                                       "(unwritten or overflowed)")
+            zero_rows = (ref == 0).all(dim=1)
+            if zero_rows.any() and (out_cpu[zero_rows] != 0).any():
+                raise ConformanceError(f"{where}: tokens routed to no local expert must be "
+                                       "exactly 0")
+            outs.append(out_cpu)
+            refs.append(ref)
         if m == 0:
             errors[m] = 0.0
             continue
-        ref = reference_moe(config, weights, x.cpu(), logits.cpu(), None if bias is None else bias)
-        out_cpu = out.cpu()
-        if not torch.isfinite(out_cpu).all():
-            bad = (~torch.isfinite(out_cpu)).any(dim=1).nonzero().flatten().tolist()
-            raise ConformanceError(f"{where}: non-finite output rows {bad[:10]} "
-                                   "(unwritten or overflowed)")
-        zero_rows = (ref == 0).all(dim=1)
-        if zero_rows.any() and (out_cpu[zero_rows] != 0).any():
-            raise ConformanceError(f"{where}: tokens routed to no local expert must be exactly 0")
-        err = relative_error(out_cpu, ref)
+        err = relative_error(torch.cat(outs), torch.cat(refs))
         if not err <= tol:
             raise ConformanceError(f"{where}: relative error {err:.3e} exceeds {tol:.0e}")
         errors[m] = err
