@@ -498,9 +498,28 @@ def test_per_token_group_fp8_matches_an_independent_computation(scale_format: st
     assert ((back - x.float()).abs() <= half_step_at_448).all()
 
 
+@pytest.mark.parametrize("scale_format", ["float32", "pow2"])
+def test_per_token_group_fp8_last_group_may_be_short(scale_format: str) -> None:
+    # K = 2880 (gpt-oss) in groups of 128: 22 whole groups and one of 64, which must
+    # quantize exactly like the row zero-padded to 23 whole groups.
+    x = torch.randn(3, 2880) * 3
+    q, scales = quantize_fp8_per_token_group(x, 128, scale_format=scale_format)
+    padded_q, padded_scales = quantize_fp8_per_token_group(
+        torch.nn.functional.pad(x, (0, 64)), 128, scale_format=scale_format)
+    assert q.shape == (3, 2880) and scales.shape == (3, 23)
+    assert torch.equal(scales, padded_scales)
+    assert torch.equal(q.view(torch.uint8), padded_q[:, :2880].view(torch.uint8))
+    back = dequantize_fp8_per_token_group(q, scales)
+    assert back.shape == (3, 2880)
+    assert torch.equal(back, dequantize_fp8_per_token_group(padded_q, padded_scales)[:, :2880])
+
+
 def test_per_token_group_fp8_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="^x: last dimension must be a multiple of block_size=128"):
-        quantize_fp8_per_token_group(torch.randn(2, 96), 128)
+    with pytest.raises(ValueError, match="^group_size: expected a positive int"):
+        quantize_fp8_per_token_group(torch.randn(2, 96), 0)
+    q, scales = quantize_fp8_per_token_group(torch.randn(2, 256), 128)
+    with pytest.raises(ValueError, match="^scales: expected shape \\(2, 4\\)"):
+        dequantize_fp8_per_token_group(q, scales, group_size=64)
     with pytest.raises(ValueError, match="^scale_format: expected 'float32' or 'pow2'"):
         quantize_fp8_per_token_group(torch.randn(2, 128), 128, scale_format="e8m0")  # type: ignore[arg-type]
 

@@ -102,9 +102,12 @@ class ActivationFormat(_NamedEnum):
     FP8_STATIC = "fp8_static"  # E4M3, one checkpoint scale per GEMM input
     FP8_DYNAMIC_1X128 = "fp8_dynamic_1x128"  # E4M3, float32 scale per token per 128
     # The same with each scale rounded up to a power of two: what UE8M0 scale hardware
-    # (DeepGEMM on SM100) computes; its numerics differ from float32 scales by ~5%.
+    # (DeepGEMM on SM100) computes; a coarser scale, so different roundings.
     FP8_DYNAMIC_1X128_POW2 = "fp8_dynamic_1x128_pow2"
-    MXFP8_DYNAMIC = "mxfp8_dynamic"  # E4M3, E8M0 scale per token per 32
+    MXFP8_DYNAMIC = "mxfp8_dynamic"  # E4M3, E8M0 scale per token per 32 (OCP floor rule)
+    # The same with scales rounded up (RCEIL), as NVIDIA's and AMD's quantizers do:
+    # the block maximum never clips, so its numerics differ from the floor rule's.
+    MXFP8_DYNAMIC_RCEIL = "mxfp8_dynamic_rceil"
 
     @property
     def quantized(self) -> bool:
@@ -215,15 +218,6 @@ class MoEConfig:
         if self.top_k > self.num_experts:
             raise ValueError(
                 f"top_k: {self.top_k} exceeds num_experts {self.num_experts}"
-            )
-        if self.activation_format in (ActivationFormat.FP8_DYNAMIC_1X128,
-                                      ActivationFormat.FP8_DYNAMIC_1X128_POW2) and (
-            self.hidden_size % 128 or self.intermediate_size % 128
-        ):
-            raise ValueError(
-                f"activation_format: {self.activation_format.value!r} needs hidden_size and "
-                "intermediate_size to be multiples of 128, got "
-                f"{self.hidden_size} and {self.intermediate_size}"
             )
         if self.activation_format.quantized and self.dtype is torch.float32:
             raise ValueError(

@@ -275,33 +275,54 @@ def quantize_fp8_per_token_group(
     """Dynamic FP8 E4M3 with one scale per ``group_size`` elements of each row.
 
     ``scale = amax / 448`` (``scale_format="float32"``) or that rounded up to a power
-    of two (``"pow2"``, what UE8M0 scale hardware needs). Returns (fp8 [..., K],
-    float32 scales [..., K/group_size]).
+    of two (``"pow2"``, what UE8M0 scale hardware needs). Groups start at element 0;
+    when K is not a multiple of ``group_size`` the last group is shorter, which is
+    what a kernel computes on the row zero-padded to whole groups (zeros never raise a
+    group's maximum). Returns (fp8 [..., K], float32 scales [..., ceil(K/group_size)]).
     """
-    _check_blocks(x, group_size, "x")
+    if not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
     if scale_format not in ("float32", "pow2"):
         raise ValueError(f"scale_format: expected 'float32' or 'pow2', got {scale_format!r}")
-    groups = x.to(torch.float32).reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+    k = x.shape[-1]
+    padded = _pad_to_groups(x.to(torch.float32), group_size)
+    groups = padded.reshape(*x.shape[:-1], padded.shape[-1] // group_size, group_size)
     amax = groups.abs().amax(dim=-1).clamp_min(_GROUP_AMAX_FLOOR)
     scale = amax / FP8_E4M3_MAX
     if scale_format == "pow2":
         scale = torch.ldexp(torch.ones_like(scale), _ceil_log2(scale))
     q = (groups / scale.unsqueeze(-1)).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX)
-    return q.reshape(x.shape).to(torch.float8_e4m3fn), scale
+    return q.reshape(padded.shape)[..., :k].to(torch.float8_e4m3fn), scale
+
+
+def _pad_to_groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    missing = -x.shape[-1] % group_size
+    return torch.nn.functional.pad(x, (0, missing)) if missing else x
 
 
 def dequantize_fp8_per_token_group(
-    q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32
+    q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32,
+    *, group_size: int = 128,
 ) -> torch.Tensor:
-    """Inverse of :func:`quantize_fp8_per_token_group`."""
-    group_size = q.shape[-1] // scales.shape[-1]
-    groups = q.to(torch.float32).reshape(*scales.shape, group_size)
-    return (groups * scales.unsqueeze(-1)).reshape(q.shape).to(dtype)
+    """Inverse of :func:`quantize_fp8_per_token_group` (same ``group_size``)."""
+    k = q.shape[-1]
+    expected = (*q.shape[:-1], -(-k // group_size))
+    if tuple(scales.shape) != expected:
+        raise ValueError(f"scales: expected shape {expected} for {k} elements in groups of "
+                         f"{group_size}, got {tuple(scales.shape)}")
+    padded = _pad_to_groups(q.to(torch.float32), group_size)
+    groups = padded.reshape(*scales.shape, group_size)
+    return (groups * scales.unsqueeze(-1)).reshape(padded.shape)[..., :k].to(dtype)
 
 
-def quantize_mxfp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic MXFP8 activations: E4M3 with an E8M0 scale per 32 (OCP floor rounding)."""
-    return quantize_mx(x, "mxfp8_e4m3", scale_rounding="floor")
+def quantize_mxfp8(x: torch.Tensor, scale_rounding: ScaleRounding = "floor"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic MXFP8 activations: E4M3 with an E8M0 scale per 32 elements.
+
+    ``scale_rounding`` "floor" is the OCP rule; "rceil" (scales rounded up, never
+    clipping) is what NVIDIA's and AMD's hardware quantizers compute.
+    """
+    return quantize_mx(x, "mxfp8_e4m3", scale_rounding=scale_rounding)
 
 
 def fake_quantize_activation(
@@ -330,5 +351,6 @@ def fake_quantize_activation(
     if fmt is ActivationFormat.FP8_DYNAMIC_1X128_POW2:
         q, s = quantize_fp8_per_token_group(x, 128, scale_format="pow2")
         return dequantize_fp8_per_token_group(q, s)
-    data, scales = quantize_mxfp8(x)
+    rounding = "rceil" if fmt is ActivationFormat.MXFP8_DYNAMIC_RCEIL else "floor"
+    data, scales = quantize_mxfp8(x, rounding)
     return dequantize_mx(data, scales, "mxfp8_e4m3")

@@ -69,11 +69,20 @@ def _variants() -> list[tuple[str, dict]]:
     # activation quantization, with each weight format
     for fmt in ("mxfp4", "mxfp8"):
         for act_fmt in ("fp8_static", "fp8_dynamic_1x128", "fp8_dynamic_1x128_pow2",
-                        "mxfp8_dynamic"):
+                        "mxfp8_dynamic", "mxfp8_dynamic_rceil"):
             v.append((f"w-{fmt}-a-{act_fmt}", {"weight_format": fmt, "activation_format": act_fmt}))
     # weight format x activation pairs
     for act in ("silu", "swigluoai_uninterleave", "swiglustep"):
         v.append((f"w-mxfp8-act-{act}", {"weight_format": "mxfp8", "activation": act}))
+    # MXFP8 x MXFP8 as MXFP8-native kernels run it: SwiGLU variants without biases,
+    # hardware (RCEIL) activation scales, with and without a reordering expert map.
+    for act in ("swigluoai", "swigluoai_uninterleave"):
+        v.append((f"w-mxfp8-a-mxfp8_rceil-{act}-nobias", {
+            "weight_format": "mxfp8", "activation_format": "mxfp8_dynamic_rceil",
+            "activation": act, "has_bias": False}))
+    v.append(("w-mxfp8-a-mxfp8_rceil-nobias-ep-strided", {
+        "weight_format": "mxfp8", "activation_format": "mxfp8_dynamic_rceil",
+        "has_bias": False, "expert_map": (3, -1, 0, -1, 2, -1, 1, -1)}))
     v.append(("w-mxfp8-a-mxfp8-silu-ep", {
         "weight_format": "mxfp8", "activation_format": "mxfp8_dynamic", "activation": "silu",
         "expert_map": _BASE.with_expert_parallel(2, 0).expert_map}))
