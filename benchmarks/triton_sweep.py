@@ -36,33 +36,31 @@ FACTS_CEILINGS = Ceilings(hbm_read_TBps=2.99, bf16_TFLOPs=754.0)
 #: Named candidates; "table" means whatever tiles.py picks for the M.
 VARIANTS: dict[str, Tiles | None] = {
     "table": None,
-    # decode: many small N tiles, deep K steps, one warp per 16 weight rows
+    # decode: many small N tiles, deep K steps, one warp per 16 weight rows, split K
     "s16-32x256-w2": Tiles(16, 32, 32, 256, 2, 4),
-    "s16-32x256-w2-mn": Tiles(16, 32, 32, 256, 2, 4, "manual"),
-    "s16-16x256-w1": Tiles(16, 16, 16, 256, 1, 4),
+    "s16-32x256-w2-k2": Tiles(16, 32, 32, 256, 2, 4, split_k=2),
+    "s16-32x256-w2-k4": Tiles(16, 32, 32, 256, 2, 4, split_k=4),
+    "s16-32x256-w2-k6": Tiles(16, 32, 32, 256, 2, 4, split_k=6),
+    "s16-32x128-w2-k4": Tiles(16, 32, 32, 128, 2, 4, split_k=4),
     "s16-32x128-w2": Tiles(16, 32, 32, 128, 2, 4),
-    "s16-32x512-w2": Tiles(16, 32, 32, 512, 2, 3),
-    "s16-32x256-w2-s6": Tiles(16, 32, 32, 256, 2, 6),
-    "s16-64x256-w4": Tiles(16, 64, 64, 256, 4, 4),
-    "s16-64x128-w4": Tiles(16, 64, 64, 128, 4, 4),
-    "s32-32x256-w2": Tiles(32, 32, 32, 256, 2, 4),
+    "s16-16x256-w1-k4": Tiles(16, 16, 16, 256, 1, 4, split_k=4),
+    "s16-64x256-w4-k4": Tiles(16, 64, 64, 256, 4, 4, split_k=4),
+    "s16-32x256-w2-s3": Tiles(16, 32, 32, 256, 2, 3),
     # prefill: large tiles, both operand orders
-    "b128-128x64-w8": Tiles(128, 128, 128, 64, 8, 3),
-    "b128-128x64-w8-xl": Tiles(128, 128, 128, 64, 8, 3, swap=False),
-    "b128-64x64-w4-xl": Tiles(128, 64, 64, 64, 4, 3, swap=False),
     "b128-128x128-w8": Tiles(128, 128, 128, 128, 8, 3),
+    "b128-128x64-w8": Tiles(128, 128, 128, 64, 8, 3),
+    "b64-128x128-w4": Tiles(64, 128, 128, 128, 4, 3),
     "b64-128x64-w4": Tiles(64, 128, 128, 64, 4, 3),
-    "b256-64x64-w8-xl": Tiles(256, 64, 64, 64, 8, 3, swap=False),
-    "b256-64x128-w8-xl": Tiles(256, 64, 128, 64, 8, 3, swap=False),
-    "b128-128x64-w8-mn": Tiles(128, 128, 128, 64, 8, 3, "manual"),
+    "b128-64x128-w4": Tiles(128, 64, 64, 128, 4, 3),
+    "b128-128x128-w8-s4": Tiles(128, 128, 128, 128, 8, 4),
+    "b64-64x128-w4": Tiles(64, 64, 64, 128, 4, 4),
 }
 
-DECODE_VARIANTS = ("table", "s16-32x256-w2", "s16-32x256-w2-mn", "s16-16x256-w1",
-                   "s16-32x128-w2", "s16-32x512-w2", "s16-32x256-w2-s6", "s16-64x256-w4",
-                   "s16-64x128-w4", "s32-32x256-w2")
-PREFILL_VARIANTS = ("table", "b128-128x64-w8", "b128-128x64-w8-xl", "b128-64x64-w4-xl",
-                    "b128-128x128-w8", "b64-128x64-w4", "b256-64x64-w8-xl",
-                    "b256-64x128-w8-xl", "b128-128x64-w8-mn")
+DECODE_VARIANTS = ("table", "s16-32x256-w2", "s16-32x256-w2-k2", "s16-32x256-w2-k4",
+                   "s16-32x256-w2-k6", "s16-32x128-w2-k4", "s16-32x128-w2", "s16-16x256-w1-k4",
+                   "s16-64x256-w4-k4", "s16-32x256-w2-s3")
+PREFILL_VARIANTS = ("table", "b128-128x128-w8", "b128-128x64-w8", "b64-128x128-w4",
+                    "b64-128x64-w4", "b128-64x128-w4", "b128-128x128-w8-s4", "b64-64x128-w4")
 
 
 def variants_for(m: int, spec: str) -> list[str]:

@@ -42,7 +42,8 @@ class TestTritonConformanceGPU(BackendConformance):
 
 
 @pytest.mark.parametrize("tiles", [
-    Tiles(16, 32, 32, 256, 2, 4), Tiles(16, 64, 64, 128, 4, 4),
+    Tiles(16, 32, 32, 256, 2, 4), Tiles(16, 32, 32, 128, 2, 4, split_k=3),
+    Tiles(16, 64, 64, 128, 4, 4),
     Tiles(128, 128, 128, 64, 8, 3), Tiles(128, 64, 64, 64, 8, 3, swap=False),
 ], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

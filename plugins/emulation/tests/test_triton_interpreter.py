@@ -79,21 +79,25 @@ def test_layer_matches_reference(name: str) -> None:
         assert err <= tolerance(config), f"{name} M={m} seed={seed}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize(("fmt", "swap"), [
-    ("mxfp4", True), ("mxfp4", False), ("mxfp8", True), ("mxfp8", False),
+@pytest.mark.parametrize(("fmt", "swap", "split_k", "expert_map"), [
+    ("mxfp4", True, 1, None), ("mxfp4", False, 2, None),
+    ("mxfp8", True, 3, (0, -1, 1, -1, -1, 2, -1, 3)), ("mxfp8", False, 1, None),
 ])
-def test_tiles_and_orientations(fmt: str, swap: bool) -> None:
-    """Both operand orders with K and N spanning several tiles (BLOCK_K 64 over H=128,
-    BLOCK_N 32 over I=128). The interpreter runs the portable decode; the inline-PTX
-    one is checked on the GPU (test_triton_gpu.py)."""
-    config, seed = _BASE.replace(weight_format=fmt), fresh_seed()
+def test_tiles_orientations_and_split_k(fmt: str, swap: bool, split_k: int,
+                                        expert_map: tuple[int, ...] | None) -> None:
+    """Both operand orders and split K (3 slices of 2 K tiles: one slice is empty), with
+    K and N spanning several tiles (BLOCK_K 64 over H=128, BLOCK_N 32 over I=128). The
+    interpreter runs the portable decode; the inline-PTX one is checked on the GPU
+    (test_triton_gpu.py)."""
+    config, seed = _BASE.replace(weight_format=fmt, expert_map=expert_map), fresh_seed()
     weights = random_weights(config, seed=seed)
     converted = hooks.convert_weights(config, weights, CPU)
     x, logits = inputs(config, 9, seed)
     topk_weights, topk_ids = route(logits, config)
+    emap = None if expert_map is None else torch.tensor(expert_map, dtype=torch.int32)
     tiles = dataclasses.replace(INTERPRETER_TILES, block_n1=32, block_n2=32, block_k=64,
-                                swap=swap)
-    out = moe_forward(x, topk_weights, topk_ids, None, converted, tiles)
+                                swap=swap, split_k=split_k)
+    out = moe_forward(x, topk_weights, topk_ids, emap, converted, tiles)
     err = relative_error(out, reference_experts(config, weights, x, topk_weights, topk_ids))
     assert err <= tolerance(config), f"seed={seed}: relative error {err:.2e}"
 

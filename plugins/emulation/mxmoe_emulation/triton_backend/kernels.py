@@ -50,7 +50,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["align_kernel", "moe_gemm_kernel", "sum_slots_kernel"]
+__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "sum_slots_kernel"]
 
 
 # -- routing: slots grouped by local expert -------------------------------------------
@@ -130,33 +130,35 @@ def _round(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 
 # Four packed bytes ($4) and the scales of their low ($5, $6) and high ($7, $8)
 # nibbles (bf16x2) -> the low-nibble weights ($0, $1) and high-nibble weights ($2, $3).
-# prmt spreads bytes 0,1 (2,3) into the two 16-bit lanes; a nibble's magnitude bits
-# go to bits 6..8 of its lane and its sign to bit 15: the bf16 of value * 2**-126.
+# prmt spreads bytes 0,1 (2,3) into the two 16-bit lanes. Per lane, a nibble masked
+# out and multiplied by 2**6 + 2**12 (2**2 + 2**8 for the high nibble) lands twice,
+# without overlapping carries: its magnitude bits at 6..8 and its sign at 15, the
+# bf16 of value * 2**-126 (exact, the subnormal 0.5 included) after the final mask.
+# The scales carry the missing 2**126 (SCALE_BIAS in moe_gemm_kernel): one
+# packed multiply per two weights.
 _FP4_TO_BF16 = tl.constexpr("""{
-.reg .b32 t0, t1, m, s, k, z, zero;
-mov.b32 k, 0x7E807E80;
+.reg .b32 t0, t1, x, z;
 mov.b32 z, 0x80008000;
-mov.b32 zero, 0;
-prmt.b32 t0, $4, zero, 0x4140;
-prmt.b32 t1, $4, zero, 0x4342;
-shl.b32 m, t0, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, t0, 12; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $0, m, $5, z;
-shl.b32 m, t1, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, t1, 12; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $1, m, $6, z;
-shl.b32 m, t0, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, t0, 8; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $2, m, $7, z;
-shl.b32 m, t1, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, t1, 8; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.bf16x2 m, m, k, z; fma.rn.bf16x2 $3, m, $8, z;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+and.b32 x, t0, 0x000F000F; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0;
+fma.rn.bf16x2 $0, x, $5, z;
+and.b32 x, t1, 0x000F000F; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0;
+fma.rn.bf16x2 $1, x, $6, z;
+and.b32 x, t0, 0x00F000F0; mul.lo.u32 x, x, 0x104; and.b32 x, x, 0x81C081C0;
+fma.rn.bf16x2 $2, x, $7, z;
+and.b32 x, t1, 0x00F000F0; mul.lo.u32 x, x, 0x104; and.b32 x, x, 0x81C081C0;
+fma.rn.bf16x2 $3, x, $8, z;
 }""")
 
-# The same for float16: magnitude bits to 9..11 give value * 2**-14.
+# The same for float16: magnitude bits to 9..11 give value * 2**-14 (shifted twice: the
+# two copies would overlap at bit 12), and two packed FMAs apply 2**14 and the scale.
 _FP4_TO_FP16 = tl.constexpr("""{
-.reg .b32 t0, t1, m, s, k, z, zero;
+.reg .b32 t0, t1, m, s, k, z;
 mov.b32 k, 0x74007400;
 mov.b32 z, 0x80008000;
-mov.b32 zero, 0;
-prmt.b32 t0, $4, zero, 0x4140;
-prmt.b32 t1, $4, zero, 0x4342;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
 shl.b32 m, t0, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t0, 12; and.b32 s, s, 0x80008000;
 or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $0, m, $5, z;
 shl.b32 m, t1, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t1, 12; and.b32 s, s, 0x80008000;
@@ -169,9 +171,10 @@ or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $3, m, $8, z;
 
 
 @triton.jit
-def _scales(ws, DTYPE: tl.constexpr):
-    """E8M0 bytes -> 2**(s - 127) in DTYPE (byte 0 gives 0; layout.py bounds the rest)."""
-    return (ws.to(tl.int32) << 23).to(tl.float32, bitcast=True).to(DTYPE)
+def _scales(ws, bias, DTYPE: tl.constexpr):
+    """E8M0 bytes -> 2**(s + bias - 127) in DTYPE (byte 0 with bias 0 gives 0; layout.py
+    bounds the rest), through the float32 exponent field."""
+    return ((ws.to(tl.int32) + bias) << 23).to(tl.float32, bitcast=True).to(DTYPE)
 
 
 @triton.jit
@@ -184,16 +187,19 @@ def _e2m1_values(codes):
 
 
 @triton.jit
-def _decode_fp4(wq, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.constexpr,
-                ASM: tl.constexpr):
+def _decode_fp4(wq, ws, SCALE_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                DTYPE: tl.constexpr, ASM: tl.constexpr):
     """Split-nibble bytes [BN, BK/2] and their scales [BN, BK/32] -> the weights of the
-    low nibbles and of the high nibbles, each [BN, BK/2] in DTYPE."""
+    low nibbles and of the high nibbles, each [BN, BK/2] in DTYPE (for the bf16 PTX
+    decode: times 2**(SCALE_BIAS - 126))."""
     HALF: tl.constexpr = BLOCK_K // 2
     GROUPS: tl.constexpr = BLOCK_K // 64
-    if ASM:
-        scale = _scales(ws, DTYPE)
+    if ASM and DTYPE == tl.bfloat16:
+        scale = _scales(ws, SCALE_BIAS, DTYPE)
+    elif ASM:
+        scale = _scales(ws, 0, DTYPE)
     else:
-        scale = _scales(ws, tl.float32)
+        scale = _scales(ws, 0, tl.float32)
     s_lo, s_hi = scale.reshape(BLOCK_N, GROUPS, 2).split()
     s_lo = tl.broadcast_to(s_lo[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
     s_hi = tl.broadcast_to(s_hi[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
@@ -216,7 +222,7 @@ def _decode_fp4(wq, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.
 def _decode_fp8(wq, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.constexpr):
     """E4M3 bytes [BN, BK] and their scales [BN, BK/32] -> weights [BN, BK] in DTYPE."""
     values = wq.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-    blocks = values.reshape(BLOCK_N, BLOCK_K // 32, 32) * _scales(ws, tl.float32)[:, :, None]
+    blocks = values.reshape(BLOCK_N, BLOCK_K // 32, 32) * _scales(ws, 0, tl.float32)[:, :, None]
     return blocks.reshape(BLOCK_N, BLOCK_K).to(DTYPE)
 
 
@@ -234,7 +240,8 @@ def _mma(w, a, acc, SWAP: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, s_ptrs, w_mask, s_mask, EPB: tl.constexpr,
+def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, s_ptrs, w_mask, s_mask, SCALE_BIAS: tl.constexpr,
+                     EPB: tl.constexpr,
                      ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + the activations times one MX weight tile (a_lo: the tile's K columns, or
@@ -242,7 +249,7 @@ def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, s_ptrs, w_mask, s_mask, EPB: tl.co
     wq = tl.load(w_ptrs, mask=w_mask, other=0)
     ws = tl.load(s_ptrs, mask=s_mask, other=0)
     if EPB == 2:
-        w_lo, w_hi = _decode_fp4(wq, ws, BLOCK_N, BLOCK_K, a_lo.dtype, ASM)
+        w_lo, w_hi = _decode_fp4(wq, ws, SCALE_BIAS, BLOCK_N, BLOCK_K, a_lo.dtype, ASM)
         acc = _mma(w_lo, a_lo, acc, SWAP, INTERPRET)
         acc = _mma(w_hi, a_hi, acc, SWAP, INTERPRET)
     else:
@@ -296,41 +303,49 @@ def moe_gemm_kernel(
     w_ptr, stride_we, stride_wn,
     s_ptr, stride_se, stride_sn,
     bias_ptr, stride_be,
-    out_ptr, stride_out,
+    out_ptr, stride_out, stride_split,
     sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
-    N, K, up_offset, alpha, beta, limit,
+    N, K, up_offset, acc_scale, alpha, beta, limit,
     TOP_K: tl.constexpr, GATED: tl.constexpr, ROW_STEP: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) tile.
+    """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
+    SPLIT_K slices of K) tile.
 
     GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
     tokens; gate rows ``n * ROW_STEP`` and up rows ``n * ROW_STEP + up_offset`` of
-    ``w13``; the activation is written at the block's own rows. GEMM2: A rows are the
-    block's activation rows; the result goes to the rows of its slots. ``EPB`` is 2 for
-    MXFP4 (K must be a multiple of 64) and 1 for MXFP8.
+    ``w13``. GEMM2: A rows are the block's activation rows. Both write the rows of
+    their slots: GEMM1 the activation (with SPLIT_K > 1: float32 partial gate and up
+    sums [split, slot, 2N] for :func:`activation_kernel`), GEMM2 bias + router-weighted
+    results (with SPLIT_K > 1: float32 partials [split, slot, N], bias in split 0).
+    ``EPB`` is 2 for MXFP4 (K must be a multiple of 64) and 1 for MXFP8. The products
+    are multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
+    compile-time constant: a run-time bias makes Triton route the scales through shared
+    memory; real layers all share the value 126, so it compiles once).
     """
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
-    blk = pid // n_tiles
+    split = pid % SPLIT_K
+    tile = pid // SPLIT_K
+    blk = tile // n_tiles
     rows = tl.load(block_rows_ptr + blk)
     if rows == 0:
         return
     expert = tl.load(block_expert_ptr + blk).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
     m_mask = offs_m < rows
-    padded_row = blk * BLOCK_M + offs_m
-    slots = tl.load(sorted_slots_ptr + padded_row, mask=m_mask, other=0)
+    slots = tl.load(sorted_slots_ptr + blk * BLOCK_M + offs_m, mask=m_mask, other=0)
     if GATHER_A:
         a_rows = (slots // TOP_K).to(tl.int64)
     else:
-        a_rows = padded_row.to(tl.int64)
+        a_rows = slots.to(tl.int64)
     route_w = tl.load(route_w_ptr + slots, mask=m_mask, other=0.0)
 
-    offs_n = (pid % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     W_BYTES: tl.constexpr = BLOCK_K // EPB
     offs_wb = tl.arange(0, W_BYTES)
@@ -341,11 +356,15 @@ def moe_gemm_kernel(
         a_cols = (offs_wb // 32) * 64 + offs_wb % 32
     else:
         a_cols = offs_wb
+    # this program's slice of K, whole BLOCK_K steps
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
 
     gate_rows = (offs_n * ROW_STEP).to(tl.int64)
-    w_base = w_ptr + expert * stride_we
-    s_base = s_ptr + expert * stride_se
-    a_ptrs = a_ptr + a_rows[:, None] * stride_a + a_cols[None, :]
+    w_base = w_ptr + expert * stride_we + k_start // EPB
+    s_base = s_ptr + expert * stride_se + k_start // 32
+    a_ptrs = a_ptr + a_rows[:, None] * stride_a + (k_start + a_cols)[None, :]
     wg_ptrs = w_base + gate_rows[:, None] * stride_wn + offs_wb[None, :]
     sg_ptrs = s_base + gate_rows[:, None] * stride_sn + offs_ws[None, :]
     wu_ptrs = wg_ptrs + up_offset * stride_wn
@@ -356,8 +375,8 @@ def moe_gemm_kernel(
     else:
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros_like(acc_g)
-    for k0 in range(0, K, BLOCK_K):
-        a_mask = m_mask[:, None] & ((k0 + a_cols) < K)[None, :]
+    for k0 in range(k_start, k_end, BLOCK_K):
+        a_mask = m_mask[:, None] & ((k0 + a_cols) < k_end)[None, :]
         a_lo = tl.load(a_ptrs, mask=a_mask, other=0.0)
         if EPB == 2:
             a_hi = tl.load(a_ptrs + 32, mask=a_mask, other=0.0)
@@ -366,35 +385,73 @@ def moe_gemm_kernel(
         if WEIGHT_ON_INPUT:
             a_lo = _round(a_lo.to(tl.float32) * route_w[:, None], a_lo.dtype, INTERPRET)
             a_hi = _round(a_hi.to(tl.float32) * route_w[:, None], a_hi.dtype, INTERPRET)
-        w_mask = n_mask[:, None] & ((k0 // EPB + offs_wb) < K // EPB)[None, :]
-        s_mask = n_mask[:, None] & ((k0 // 32 + offs_ws) < K // 32)[None, :]
-        acc_g = _mx_tile_product(acc_g, a_lo, a_hi, wg_ptrs, sg_ptrs, w_mask, s_mask, EPB, ASM,
-                                 SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+        w_mask = n_mask[:, None] & ((k0 // EPB + offs_wb) < k_end // EPB)[None, :]
+        s_mask = n_mask[:, None] & ((k0 // 32 + offs_ws) < k_end // 32)[None, :]
+        acc_g = _mx_tile_product(acc_g, a_lo, a_hi, wg_ptrs, sg_ptrs, w_mask, s_mask, SCALE_BIAS,
+                                 EPB, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         if GATED:
-            acc_u = _mx_tile_product(acc_u, a_lo, a_hi, wu_ptrs, su_ptrs, w_mask, s_mask, EPB,
-                                     ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+            acc_u = _mx_tile_product(acc_u, a_lo, a_hi, wu_ptrs, su_ptrs, w_mask, s_mask,
+                                     SCALE_BIAS, EPB, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         a_ptrs += BLOCK_K
         wg_ptrs += W_BYTES
         sg_ptrs += BLOCK_K // 32
         wu_ptrs += W_BYTES
         su_ptrs += BLOCK_K // 32
 
-    if HAS_BIAS:
-        b_ptrs = bias_ptr + expert * stride_be + gate_rows
-        acc_g += _along_n(tl.load(b_ptrs, mask=n_mask, other=0.0), SWAP)
-        if GATED:
-            acc_u += _along_n(tl.load(b_ptrs + up_offset, mask=n_mask, other=0.0), SWAP)
-    if GATED:
-        result = _activate(acc_g, acc_u, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
-        out_rows = padded_row.to(tl.int64)
-    else:
-        result = acc_g
-        if WEIGHT_ON_OUTPUT:
-            result = result * _along_m(route_w, SWAP)
-        out_rows = slots.to(tl.int64)
-    out_ptrs = out_ptr + _along_m(out_rows, SWAP) * stride_out + _along_n(offs_n, SWAP)
+    acc_g = acc_g * acc_scale
+    acc_u = acc_u * acc_scale
+    out_rows = slots.to(tl.int64)
     out_mask = _along_m(m_mask, SWAP) & _along_n(n_mask, SWAP)
-    tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
+    out_ptrs = (out_ptr + split * stride_split + _along_m(out_rows, SWAP) * stride_out
+                + _along_n(offs_n, SWAP))
+    if GATED and SPLIT_K > 1:
+        tl.store(out_ptrs, acc_g, mask=out_mask)
+        tl.store(out_ptrs + N, acc_u, mask=out_mask)
+    else:
+        if HAS_BIAS and split == 0:
+            b_ptrs = bias_ptr + expert * stride_be + gate_rows
+            acc_g += _along_n(tl.load(b_ptrs, mask=n_mask, other=0.0), SWAP)
+            if GATED:
+                acc_u += _along_n(tl.load(b_ptrs + up_offset, mask=n_mask, other=0.0), SWAP)
+        if GATED:
+            result = _activate(acc_g, acc_u, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
+        else:
+            result = acc_g
+            if WEIGHT_ON_OUTPUT:
+                result = result * _along_m(route_w, SWAP)
+        tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
+
+
+@triton.jit
+def activation_kernel(
+    partial_ptr, ids_ptr, map_ptr, bias_ptr, stride_be, act_ptr,
+    num_slots, N, up_offset, alpha, beta, limit,
+    SPLIT_K: tl.constexpr, ROW_STEP: tl.constexpr, ACTIVATION: tl.constexpr,
+    HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr,
+    INTERPRET: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """GEMM1's epilogue after a split K: act[slot] = activation(sum of the float32
+    partials [split, slot, (gate | up), N] + bias), splits summed in order."""
+    slot = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    # the slot's local expert, as a vector over the columns (see sum_slots_kernel)
+    local = tl.load(ids_ptr + slot + tl.zeros_like(cols))
+    if HAS_MAP:
+        local = tl.load(map_ptr + local)
+    mask = (cols < N) & (local >= 0)
+    gate = tl.zeros([BLOCK], dtype=tl.float32)
+    up = tl.zeros([BLOCK], dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):
+        row = partial_ptr + (split * num_slots + slot) * 2 * N + cols
+        gate += tl.load(row, mask=mask, other=0.0)
+        up += tl.load(row + N, mask=mask, other=0.0)
+    if HAS_BIAS:
+        b_ptrs = bias_ptr + local.to(tl.int64) * stride_be + cols * ROW_STEP
+        gate += tl.load(b_ptrs, mask=mask, other=0.0)
+        up += tl.load(b_ptrs + up_offset, mask=mask, other=0.0)
+    result = _activate(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
+    tl.store(act_ptr + slot * N + cols, _round(result, act_ptr.dtype.element_ty, INTERPRET),
+             mask=mask)
 
 
 # -- the top-k reduction ----------------------------------------------------------------
@@ -402,10 +459,12 @@ def moe_gemm_kernel(
 
 @triton.jit
 def sum_slots_kernel(
-    slot_out_ptr, ids_ptr, map_ptr, out_ptr, H,
-    TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr, INTERPRET: tl.constexpr,
+    slot_out_ptr, ids_ptr, map_ptr, out_ptr, H, num_slots,
+    TOP_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
-    """out[t] = sum over j of slot_out[t * TOP_K + j], local experts only, in order."""
+    """out[t] = sum over j (and over K splits) of slot_out[split, t * TOP_K + j], local
+    experts only, in a fixed order."""
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
@@ -417,7 +476,8 @@ def sum_slots_kernel(
         local = tl.load(ids_ptr + slot + tl.zeros_like(cols))
         if HAS_MAP:
             local = tl.load(map_ptr + local)
-        acc += tl.load(slot_out_ptr + slot * H + cols, mask=col_mask & (local >= 0),
-                       other=0.0).to(tl.float32)
+        for split in tl.static_range(SPLIT_K):
+            acc += tl.load(slot_out_ptr + (split * num_slots + slot) * H + cols,
+                           mask=col_mask & (local >= 0), other=0.0).to(tl.float32)
     tl.store(out_ptr + token * H + cols, _round(acc, out_ptr.dtype.element_ty, INTERPRET),
              mask=col_mask)

@@ -1,9 +1,13 @@
-"""One MoE layer as four kernel launches (see :mod:`.kernels`), with no host sync.
+"""One MoE layer as four or five kernel launches (see :mod:`.kernels`), no host sync.
+
+align -> GEMM1 -> [activation, when GEMM1's K is split] -> GEMM2 -> top-k sum (the sum
+is skipped when each token's single slot can be written as its output row).
 
 Every buffer is sized from shapes alone (the worst-case number of blocks, never the
 actual per-expert counts), so the whole pipeline can be captured in a CUDA graph.
-Extra device memory per call grows with M * top_k only: the block table, the padded
-intermediate activation [rows, I] and the per-slot outputs [M * top_k, H].
+Extra device memory per call grows with M * top_k only: the block table, the
+intermediate activation [M * top_k, I], the per-slot outputs [M * top_k, H] and, with
+split K, float32 partial sums [split, M * top_k, 2I] and [split, M * top_k, H].
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ from __future__ import annotations
 import torch
 import triton
 
-from .kernels import align_kernel, moe_gemm_kernel, sum_slots_kernel
+from .kernels import activation_kernel, align_kernel, moe_gemm_kernel, sum_slots_kernel
 from .layout import LayerMath, TritonWeights
 from .probe import interpreting
 from .tiles import Tiles, tiles_for
 
 __all__ = ["moe_forward", "num_blocks_bound"]
 
-_REDUCE_BLOCK_H = 1024
+_REDUCE_BLOCK = 1024
 _ALIGN_CHUNK = 1024
 
 
@@ -47,31 +51,81 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
     return sorted_slots, block_expert, block_rows
 
 
-def _gemm(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-          out: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-          route_w: torch.Tensor, n: int, k: int, block_n: int, tiles: Tiles, math: LayerMath,
-          *, gated: bool, top_k: int, asm: bool) -> None:
-    sorted_slots, block_expert, block_rows = table
-    fp4 = math.weight_format == "mxfp4"
-    interleaved = gated and math.interleaved
-    grid = (block_expert.numel() * triton.cdiv(n, block_n),)
-    moe_gemm_kernel[grid](
-        a, a.stride(0),
-        w, w.stride(0), w.stride(1),
-        scale, scale.stride(0), scale.stride(1),
-        w if bias is None else bias, 0 if bias is None else bias.stride(0),
-        out, out.stride(0),
-        sorted_slots, block_expert, block_rows, route_w,
-        n, k, (1 if interleaved else n) if gated else 0,
-        math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
-        TOP_K=top_k, GATED=gated, ROW_STEP=2 if interleaved else 1,
-        ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
-        WEIGHT_ON_INPUT=gated and math.weight_on_input,
-        WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
-        EPB=2 if fp4 else 1, ASM=asm, SWAP=tiles.swap,
-        INTERPRET=interpreting(), BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
+class _Launcher:
+    """The constants of one forward: layer math, tiles, decode and routing tensors."""
+
+    def __init__(self, weights: TritonWeights, tiles: Tiles, asm: bool, dtype: torch.dtype,
+                 ids: torch.Tensor, route_w: torch.Tensor, expert_map: torch.Tensor | None,
+                 top_k: int) -> None:
+        self.weights, self.tiles, self.asm, self.dtype, self.top_k = weights, tiles, asm, dtype, top_k
+        self.math: LayerMath = weights.math
+        self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
+        self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m)
+
+    def _scale_bias(self, bias: int) -> tuple[int, float]:
+        """(scale_bias, acc_scale) of a GEMM: only the bf16 PTX decode biases scales."""
+        if self.asm and self.math.weight_format == "mxfp4" and self.dtype == torch.bfloat16:
+            return bias, 2.0 ** (126 - bias)
+        return 0, 1.0
+
+    def gemm(self, a: torch.Tensor, out: torch.Tensor, *, gated: bool, split: int) -> None:
+        """GEMM1 (gated) or GEMM2 of every block into ``out`` (rows per slot; with split
+        K, [split, slots, ...] float32 partials)."""
+        w, math, tiles = self.weights, self.math, self.tiles
+        sorted_slots, block_expert, block_rows = self.table
+        if gated:
+            wq, scale, bias, block_n = w.w13, w.w13_scale, w.w13_bias, tiles.block_n1
+            n, k, scale_bias = w.intermediate_size, w.hidden_size, w.w13_scale_bias
+        else:
+            wq, scale, bias, block_n = w.w2, w.w2_scale, w.w2_bias, tiles.block_n2
+            n, k, scale_bias = w.hidden_size, w.intermediate_size, w.w2_scale_bias
+        scale_bias, acc_scale = self._scale_bias(scale_bias)
+        interleaved = gated and math.interleaved
+        fp4 = math.weight_format == "mxfp4"
+        row_stride = out.stride(-2)
+        grid = (block_expert.numel() * triton.cdiv(n, block_n) * split,)
+        moe_gemm_kernel[grid](
+            a, a.stride(0),
+            wq, wq.stride(0), wq.stride(1),
+            scale, scale.stride(0), scale.stride(1),
+            wq if bias is None else bias, 0 if bias is None else bias.stride(0),
+            out, row_stride, out.stride(0) if split > 1 else 0,
+            sorted_slots, block_expert, block_rows, self.route_w,
+            n, k, (1 if interleaved else n) if gated else 0, acc_scale,
+            math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
+            TOP_K=self.top_k, GATED=gated, ROW_STEP=2 if interleaved else 1,
+            ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
+            HAS_BIAS=bias is not None, WEIGHT_ON_INPUT=gated and math.weight_on_input,
+            WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
+            EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=interpreting(),
+            SCALE_BIAS=scale_bias, SPLIT_K=split, BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )
+
+    def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:
+        """GEMM1's epilogue after a split K."""
+        w, math = self.weights, self.math
+        n, split, slots = w.intermediate_size, partials.shape[0], partials.shape[1]
+        bias = w.w13_bias
+        activation_kernel[(slots, triton.cdiv(n, _REDUCE_BLOCK))](
+            partials, self.ids, self.ids if self.expert_map is None else self.expert_map,
+            partials if bias is None else bias, 0 if bias is None else bias.stride(0), act,
+            slots, n, 1 if math.interleaved else n,
+            math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
+            SPLIT_K=split, ROW_STEP=2 if math.interleaved else 1, ACTIVATION=math.activation,
+            HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
+            HAS_MAP=self.expert_map is not None, INTERPRET=interpreting(), BLOCK=_REDUCE_BLOCK,
+            num_warps=4,
+        )
+
+    def sum_slots(self, slot_out: torch.Tensor, out: torch.Tensor) -> None:
+        """Each token's output: the sum of its slots' rows (and K splits)."""
+        split, slots, hidden = slot_out.shape
+        sum_slots_kernel[(out.shape[0], triton.cdiv(hidden, _REDUCE_BLOCK))](
+            slot_out, self.ids, self.ids if self.expert_map is None else self.expert_map, out,
+            hidden, slots, TOP_K=self.top_k, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
+            BLOCK_H=_REDUCE_BLOCK, INTERPRET=interpreting(), num_warps=4,
+        )
 
 
 def moe_forward(
@@ -95,24 +149,23 @@ def moe_forward(
     tiles = tiles or tiles_for(m, interpret=interpreting())
     asm = (tiles.decode == "asm" and hidden_states.is_cuda and torch.version.hip is None
            and not interpreting())
-    inter = weights.intermediate_size
-    num_local = weights.w13.shape[0]
-    ids = topk_ids.reshape(-1).to(torch.int32)
-    route_w = topk_weights.reshape(-1).to(torch.float32)
-    table = _align(ids, expert_map, num_local, tiles.block_m)
-    act = torch.empty(table[0].numel(), inter, dtype=hidden_states.dtype,
-                      device=hidden_states.device)
-    _gemm(hidden_states, weights.w13, weights.w13_scale, weights.w13_bias, act, table, route_w,
-          inter, hidden, tiles.block_n1, tiles, weights.math, gated=True, top_k=top_k, asm=asm)
-    direct = top_k == 1 and expert_map is None  # each token's one slot is its output row
-    slot_out = out if direct else torch.empty(m * top_k, hidden, dtype=hidden_states.dtype,
-                                              device=hidden_states.device)
-    _gemm(act, weights.w2, weights.w2_scale, weights.w2_bias, slot_out, table, route_w,
-          hidden, inter, tiles.block_n2, tiles, weights.math, gated=False, top_k=top_k, asm=asm)
-    if not direct:
-        sum_slots_kernel[(m, triton.cdiv(hidden, _REDUCE_BLOCK_H))](
-            slot_out, ids, ids if expert_map is None else expert_map, out, hidden,
-            TOP_K=top_k, HAS_MAP=expert_map is not None, BLOCK_H=_REDUCE_BLOCK_H, INTERPRET=interpreting(),
-            num_warps=4,
-        )
+    dev, dtype, slots = hidden_states.device, hidden_states.dtype, m * top_k
+    run = _Launcher(weights, tiles, asm, dtype, topk_ids.reshape(-1).to(torch.int32),
+                    topk_weights.reshape(-1).to(torch.float32), expert_map, top_k)
+    split = tiles.split_k
+    act = torch.empty(slots, weights.intermediate_size, dtype=dtype, device=dev)
+    if split > 1:
+        partials = torch.empty(split, slots, 2 * weights.intermediate_size, dtype=torch.float32,
+                               device=dev)
+        run.gemm(hidden_states, partials, gated=True, split=split)
+        run.activation(partials, act)
+    else:
+        run.gemm(hidden_states, act, gated=True, split=1)
+    if split == 1 and top_k == 1 and expert_map is None:
+        run.gemm(act, out, gated=False, split=1)  # each token's one slot is its output row
+        return out
+    slot_out = torch.empty(split, slots, hidden, dtype=torch.float32 if split > 1 else dtype,
+                           device=dev)
+    run.gemm(act, slot_out, gated=False, split=split)
+    run.sum_slots(slot_out, out)
     return out

@@ -34,7 +34,7 @@ import dataclasses
 import torch
 from mxmoe import Activation, ExpertWeights, MoEConfig, WeightFormat
 
-__all__ = ["LayerMath", "TritonWeights", "convert", "max_scale_byte", "split_nibbles"]
+__all__ = ["LayerMath", "TritonWeights", "convert", "max_scale_byte", "scale_bias", "split_nibbles"]
 
 @dataclasses.dataclass(frozen=True)
 class LayerMath:
@@ -70,6 +70,8 @@ class TritonWeights:
     w13_bias: torch.Tensor | None  # float32 [E, 2I]
     w2_bias: torch.Tensor | None  # float32 [E, H]
     math: LayerMath
+    w13_scale_bias: int = 126  # see scale_bias()
+    w2_scale_bias: int = 126
 
     @property
     def hidden_size(self) -> int:
@@ -92,9 +94,19 @@ def max_scale_byte(config: MoEConfig) -> int:
     return s
 
 
-def _check_scales(name: str, scales: torch.Tensor, limit: int, config: MoEConfig) -> None:
+def scale_bias(top: int) -> int:
+    """The exponent bias the bf16 PTX decode adds to a tensor's scales whose largest byte
+    is ``top``: it decodes E2M1 codes as value * 2**-126 and multiplies once by the bf16
+    2**(s + bias - 127), so the weights come out times 2**(bias - 126) (the kernel
+    multiplies the products back). 126 (exact weights) unless a scale above 128 would
+    overflow bf16's exponent; weights below 2**-126 may then lose bits (subnormal)."""
+    return min(126, 254 - top)
+
+
+def _check_scales(name: str, scales: torch.Tensor, limit: int, config: MoEConfig) -> int:
+    """Validate one scale tensor; return its largest byte."""
     if scales.numel() == 0:
-        return
+        return 127
     top = int(scales.max())
     if top == 0xFF:
         raise ValueError(f"{name}: contains the E8M0 NaN encoding 0xFF; the triton backend "
@@ -105,6 +117,7 @@ def _check_scales(name: str, scales: torch.Tensor, limit: int, config: MoEConfig
             f"{str(config.dtype).removeprefix('torch.')} activations; the triton backend "
             f"accepts scale bytes up to {limit}"
         )
+    return top
 
 
 def split_nibbles(packed: torch.Tensor) -> torch.Tensor:
@@ -138,8 +151,8 @@ def _as_float32(t: torch.Tensor | None) -> torch.Tensor | None:
 def convert(config: MoEConfig, weights: ExpertWeights) -> TritonWeights:
     """The kernels' view of checkpoint-layout ``weights`` (already padded, on device)."""
     limit = max_scale_byte(config)
-    _check_scales("w13_scale", weights.w13_scale, limit, config)
-    _check_scales("w2_scale", weights.w2_scale, limit, config)
+    top13 = _check_scales("w13_scale", weights.w13_scale, limit, config)
+    top2 = _check_scales("w2_scale", weights.w2_scale, limit, config)
     for name, k in (("w13", weights.hidden_size), ("w2", weights.intermediate_size)):
         if config.weight_format is WeightFormat.MXFP4 and k % 64:
             raise ValueError(f"{name}: the triton backend's MXFP4 layout needs K to be a "
@@ -152,4 +165,6 @@ def convert(config: MoEConfig, weights: ExpertWeights) -> TritonWeights:
         w13_bias=_as_float32(weights.w13_bias),
         w2_bias=_as_float32(weights.w2_bias),
         math=LayerMath.from_config(config),
+        w13_scale_bias=scale_bias(top13),
+        w2_scale_bias=scale_bias(top2),
     )

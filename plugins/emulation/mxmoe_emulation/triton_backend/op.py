@@ -37,17 +37,20 @@ def triton_moe(
     beta: float,
     limit: Optional[float],
     weight_on_input: bool,
+    w13_scale_bias: int,
+    w2_scale_bias: int,
 ) -> torch.Tensor:
     """The experts of one layer (see :func:`mxmoe_emulation.triton_backend.launch.moe_forward`)."""
     math = LayerMath(weight_format, activation, alpha, beta, limit, weight_on_input)
-    weights = TritonWeights(w13, w13_scale, w2, w2_scale, w13_bias, w2_bias, math)
+    weights = TritonWeights(w13, w13_scale, w2, w2_scale, w13_bias, w2_bias, math,
+                            w13_scale_bias, w2_scale_bias)
     return moe_forward(hidden_states, topk_weights, topk_ids, expert_map, weights)
 
 
 @triton_moe.register_fake
 def _triton_moe_fake(hidden_states, topk_weights, topk_ids, expert_map, w13, w13_scale, w2,
                      w2_scale, w13_bias, w2_bias, weight_format, activation, alpha, beta, limit,
-                     weight_on_input):
+                     weight_on_input, w13_scale_bias, w2_scale_bias):
     return torch.empty_like(hidden_states)
 
 
@@ -57,4 +60,5 @@ def run(hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch
     w, math = weights, weights.math
     return triton_moe(hidden_states, topk_weights, topk_ids, expert_map, w.w13, w.w13_scale,
                       w.w2, w.w2_scale, w.w13_bias, w.w2_bias, math.weight_format,
-                      math.activation, math.alpha, math.beta, math.limit, math.weight_on_input)
+                      math.activation, math.alpha, math.beta, math.limit, math.weight_on_input,
+                      w.w13_scale_bias, w.w2_scale_bias)

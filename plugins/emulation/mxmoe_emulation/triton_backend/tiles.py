@@ -25,7 +25,9 @@ class Tiles:
     reduction depth per step (a multiple of 64, so the packed FP4 tile is whole MX
     block pairs); ``decode``: how MXFP4 bytes become weights, "asm" (inline PTX, used
     on NVIDIA GPUs) or "manual" (portable Triton operations, used elsewhere), see
-    :mod:`.kernels`; ``swap``: weights as the left operand.
+    :mod:`.kernels`; ``swap``: weights as the left operand; ``split_k``: slices of K
+    computed by separate programs and summed in a fixed order afterwards (more
+    programs in flight when few blocks exist, at decode sizes).
     """
 
     block_m: int
@@ -36,6 +38,7 @@ class Tiles:
     num_stages: int
     decode: str = "asm"
     swap: bool = True
+    split_k: int = 1
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -44,16 +47,19 @@ class Tiles:
                 raise ValueError(f"{name}: expected a power of two >= 16, got {value}")
         if self.block_k % 64:
             raise ValueError(f"block_k: expected a multiple of 64, got {self.block_k}")
+        if not 1 <= self.split_k <= 16:
+            raise ValueError(f"split_k: expected 1..16, got {self.split_k}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
 
 # (largest M, tiles), in increasing M; the last entry (None) covers every larger M.
 _GPU_TABLE: tuple[tuple[int | None, Tiles], ...] = (
-    (32, Tiles(16, 32, 32, 256, 2, 4)),
-    (256, Tiles(16, 64, 64, 128, 4, 4)),
+    (8, Tiles(16, 32, 32, 256, 2, 4, split_k=4)),
+    (32, Tiles(16, 32, 32, 256, 2, 4, split_k=2)),
+    (256, Tiles(16, 32, 32, 256, 2, 4)),
     (1024, Tiles(64, 128, 128, 64, 8, 3)),
-    (None, Tiles(128, 128, 128, 64, 8, 3)),
+    (None, Tiles(128, 128, 128, 128, 8, 3)),
 )
 
 #: Tiles for TRITON_INTERPRET=1, where every program and every nested jit call is
