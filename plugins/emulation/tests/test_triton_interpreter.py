@@ -33,6 +33,7 @@ from mxmoe.reference import tolerance
 from mxmoe.testing import BackendConformance, Case
 from mxmoe_emulation.triton_backend import hooks
 from mxmoe_emulation.triton_backend.launch import _align, moe_forward
+from mxmoe_emulation.triton_backend.op import op_arguments
 from mxmoe_emulation.triton_backend.tiles import INTERPRETER_TILES
 from test_triton_helpers import BACKEND, ensure_registered, fresh_seed, inputs, loaded_layer
 
@@ -154,10 +155,7 @@ def test_custom_op_schema_and_fake_implementation() -> None:
     converted = hooks.convert_weights(config, random_weights(config, seed=seed), CPU)
     x, logits = inputs(config, 3, seed)
     topk_weights, topk_ids = route(logits, config)
-    w, math = converted, converted.math
-    args = (x, topk_weights, topk_ids, None, w.w13, w.w13_scale, w.w2, w.w2_scale, w.w13_bias,
-            w.w2_bias, math.weight_format, math.activation, math.alpha, math.beta, math.limit,
-            math.weight_on_input)
+    args = op_arguments(x, topk_weights, topk_ids, None, converted)
     torch.library.opcheck(torch.ops.mxmoe_emulation.triton_moe.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 

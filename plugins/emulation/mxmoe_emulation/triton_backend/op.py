@@ -16,7 +16,7 @@ import torch
 from .launch import moe_forward
 from .layout import LayerMath, TritonWeights
 
-__all__ = ["run", "triton_moe"]
+__all__ = ["op_arguments", "run", "triton_moe"]
 
 
 @torch.library.custom_op("mxmoe_emulation::triton_moe", mutates_args=())
@@ -54,11 +54,16 @@ def _triton_moe_fake(hidden_states, topk_weights, topk_ids, expert_map, w13, w13
     return torch.empty_like(hidden_states)
 
 
+def op_arguments(hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                 expert_map: Optional[torch.Tensor], weights: TritonWeights) -> tuple:
+    """The op's arguments for a converted layer's tensors and constants."""
+    w, math = weights, weights.math
+    return (hidden_states, topk_weights, topk_ids, expert_map, w.w13, w.w13_scale, w.w2,
+            w.w2_scale, w.w13_bias, w.w2_bias, math.weight_format, math.activation, math.alpha,
+            math.beta, math.limit, math.weight_on_input, w.w13_scale_bias, w.w2_scale_bias)
+
+
 def run(hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
         expert_map: Optional[torch.Tensor], weights: TritonWeights) -> torch.Tensor:
     """Call the op with a converted layer's tensors and constants."""
-    w, math = weights, weights.math
-    return triton_moe(hidden_states, topk_weights, topk_ids, expert_map, w.w13, w.w13_scale,
-                      w.w2, w.w2_scale, w.w13_bias, w.w2_bias, math.weight_format,
-                      math.activation, math.alpha, math.beta, math.limit, math.weight_on_input,
-                      w.w13_scale_bias, w.w2_scale_bias)
+    return triton_moe(*op_arguments(hidden_states, topk_weights, topk_ids, expert_map, weights))
