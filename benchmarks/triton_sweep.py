@@ -36,32 +36,31 @@ FACTS_CEILINGS = Ceilings(hbm_read_TBps=2.99, bf16_TFLOPs=754.0)
 #: Named candidates; "table" means whatever tiles.py picks for the M.
 VARIANTS: dict[str, Tiles | None] = {
     "table": None,
-    # decode: many small N tiles, deep K steps, few pipeline stages (occupancy)
+    # decode: many small N tiles, two warps of 16 weight rows, few pipeline stages
     "s16-32x256-w2-s3": Tiles(16, 32, 32, 256, 2, 3),
-    "s16-32x256-w2-s2": Tiles(16, 32, 32, 256, 2, 2),
-    "s16-32x256-w1-s3": Tiles(16, 32, 32, 256, 1, 3),
     "s16-32x128-w2-s3": Tiles(16, 32, 32, 128, 2, 3),
-    "s16-32x128-w1-s3": Tiles(16, 32, 32, 128, 1, 3),
-    "s16-64x128-w2-s3": Tiles(16, 64, 64, 128, 2, 3),
-    "s16-64x256-w2-s2": Tiles(16, 64, 64, 256, 2, 2),
-    "s16-32x256-w2-s3-k2": Tiles(16, 32, 32, 256, 2, 3, split_k=2),
-    "s16-32x128-w1-s3-k2": Tiles(16, 32, 32, 128, 1, 3, split_k=2),
-    "s16-32x512-w2-s2": Tiles(16, 32, 32, 512, 2, 2),
+    "s16-32x128-w2-s4": Tiles(16, 32, 32, 128, 2, 4),
+    "s16-32x64-w2-s4": Tiles(16, 32, 32, 64, 2, 4),
+    "s16-32x64-w2-s6": Tiles(16, 32, 32, 64, 2, 6),
+    "s16-64x64-w4-s4": Tiles(16, 64, 64, 64, 4, 4),
+    "s16-32x64-w1-s4": Tiles(16, 32, 32, 64, 1, 4),
+    "s16-16x128-w1-s3": Tiles(16, 16, 16, 128, 1, 3),
+    "s16-32x128-w2-s2": Tiles(16, 32, 32, 128, 2, 2),
+    "s16-32x64-w2-s4-k2": Tiles(16, 32, 32, 64, 2, 4, split_k=2),
     # prefill
-    "b128-64x128-w4": Tiles(128, 64, 64, 128, 4, 3),
     "b128-64x128-w4-s2": Tiles(128, 64, 64, 128, 4, 2),
-    "b128-64x64-w4": Tiles(128, 64, 64, 64, 4, 3),
     "b64-128x64-w8": Tiles(64, 128, 128, 64, 8, 3),
-    "b256-64x128-w8-xl": Tiles(256, 64, 64, 128, 8, 3, swap=False),
-    "b128-64x128-w4-xl": Tiles(128, 64, 64, 128, 4, 3, swap=False),
+    "b64-64x128-w4-s2": Tiles(64, 64, 64, 128, 4, 2),
+    "b128-64x64-w4-s2": Tiles(128, 64, 64, 64, 4, 2),
+    "b64-128x128-w8-s2": Tiles(64, 128, 128, 128, 8, 2),
+    "b128-64x256-w4-s2": Tiles(128, 64, 64, 256, 4, 2),
 }
 
-DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x256-w2-s2", "s16-32x256-w1-s3",
-                   "s16-32x128-w2-s3", "s16-32x128-w1-s3", "s16-64x128-w2-s3",
-                   "s16-64x256-w2-s2", "s16-32x256-w2-s3-k2", "s16-32x128-w1-s3-k2",
-                   "s16-32x512-w2-s2")
-PREFILL_VARIANTS = ("table", "b128-64x128-w4", "b128-64x128-w4-s2", "b128-64x64-w4",
-                    "b64-128x64-w8", "b256-64x128-w8-xl", "b128-64x128-w4-xl")
+DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
+                   "s16-32x64-w2-s4", "s16-32x64-w2-s6", "s16-64x64-w4-s4", "s16-32x64-w1-s4",
+                   "s16-16x128-w1-s3", "s16-32x128-w2-s2", "s16-32x64-w2-s4-k2")
+PREFILL_VARIANTS = ("table", "b128-64x128-w4-s2", "b64-128x64-w8", "b64-64x128-w4-s2",
+                    "b128-64x64-w4-s2", "b64-128x128-w8-s2", "b128-64x256-w4-s2")
 
 
 def variants_for(m: int, spec: str) -> list[str]:

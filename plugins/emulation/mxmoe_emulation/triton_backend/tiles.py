@@ -55,11 +55,10 @@ class Tiles:
 
 # (largest M, tiles), in increasing M; the last entry (None) covers every larger M.
 _GPU_TABLE: tuple[tuple[int | None, Tiles], ...] = (
-    (8, Tiles(16, 32, 32, 256, 2, 4, split_k=4)),
-    (32, Tiles(16, 32, 32, 256, 2, 4, split_k=2)),
-    (256, Tiles(16, 32, 32, 256, 2, 4)),
+    (32, Tiles(16, 32, 32, 256, 2, 3)),
+    (256, Tiles(16, 32, 32, 128, 2, 3)),
     (1024, Tiles(64, 128, 128, 64, 8, 3)),
-    (None, Tiles(128, 128, 128, 128, 8, 3)),
+    (None, Tiles(128, 64, 64, 128, 4, 2)),
 )
 
 #: Tiles for TRITON_INTERPRET=1, where every program and every nested jit call is
