@@ -1,6 +1,7 @@
 """The Triton kernels of the ``triton`` backend (imported only once Triton is known to work).
 
-Four launches make one layer, all on the device, none waiting for the host:
+One layer is four launches, all on the device, none waiting for the host (five with
+split K, see :mod:`.launch`):
 
 1. :func:`align_kernel` (one program): counts the tokens routed to each local expert
    and lays the (token, k) *slots* out expert by expert in blocks of ``BLOCK_M`` rows.
@@ -13,25 +14,29 @@ Four launches make one layer, all on the device, none waiting for the host:
    reproducible.
 2. :func:`moe_gemm_kernel` as GEMM1: gathers each block's token rows, multiplies them
    by the expert's gate and up weight tiles (MX bytes dequantized in registers),
-   adds the biases and applies the activation in the epilogue, writing the block's
-   rows of the intermediate activation.
+   adds the biases and applies the activation in the epilogue, writing each slot's
+   row of the intermediate activation (with split K: float32 partial sums, finished
+   by :func:`activation_kernel`).
 3. :func:`moe_gemm_kernel` as GEMM2: the activation rows times ``w2``, plus bias,
    times the router weight, written to the slot's own row.
 4. :func:`sum_slots_kernel`: each token's output is the sum of its ``top_k`` slot
-   rows, in slot order (deterministic; slots of non-local experts are skipped).
+   rows (and K splits), in a fixed order (deterministic; slots of non-local experts
+   are skipped).
 
 MXFP4 tiles use the split-nibble layout of :mod:`.layout`: the low nibbles of a
 tile's bytes are whole MX blocks of K and the high nibbles the blocks after them, so
 a byte tile decodes into two weight tiles, each multiplied with the matching columns
 of the activations (no interleaving of nibbles in registers). Decoding, per element:
 
-* ``ASM`` (NVIDIA): inline PTX on 32-bit words, four bytes at a time: bytes are
-  spread into 16-bit lanes (``prmt``), each E2M1 code's three magnitude bits and
-  sign are shifted into a bf16 (fp16) bit pattern equal to the value times 2**-126
-  (2**-14), exact including the subnormal 0.5, and two packed FMAs multiply by
-  2**126 (2**14) and by the block's scale: about 3.5 instructions per weight.
-* otherwise (the interpreter, ROCm): the same arithmetic in Triton operations
-  through float16 bit patterns and float32, one element at a time.
+* ``ASM`` (NVIDIA): inline PTX on 32-bit words, four bytes at a time: ``prmt``
+  spreads bytes into 16-bit lanes; each nibble is masked, multiplied by a constant
+  that lays down two copies of it (magnitude bits and sign where a bf16 keeps them)
+  and masked again, giving the bf16 of value * 2**-126 (exact, the subnormal 0.5
+  included); one packed multiply by a scale that carries the 2**126 finishes two
+  weights. About 2.3 instructions per weight (the fp16 variant shifts twice and
+  multiplies twice, about 3.5).
+* otherwise (the interpreter, ROCm): the same values through float16 bit patterns
+  and float32 in Triton operations, one element at a time.
 
 E4M3 (MXFP8) bytes convert with Triton's float8 cast and are scaled in float32.
 ``SWAP`` picks the orientation of the product: ``W @ X^T`` (weights as the left

@@ -4,8 +4,11 @@ A call's token count M decides how many rows each expert gets (about M * top_k /
 and so what bounds the GEMMs: at decode sizes (few rows per expert) every weight
 byte is read for one or two tokens, the kernels are memory-bound and want many small
 output tiles in flight; at prefill sizes the same weight tile serves a whole block of
-tokens and the kernels want large tiles for the tensor cores. The table was tuned on
-an H100 with gpt-oss-120b shapes (benchmarks/triton_notes.md has the measurements).
+tokens and the kernels want large tiles for the tensor cores. The table is the best
+of the variants swept on an H100 with gpt-oss-120b shapes (benchmarks/triton_notes.md
+has the measurements): at decode sizes three pipeline stages and two warps of 16
+weight rows each beat deeper pipelines, because registers and shared memory, not
+bandwidth, cap how many programs an SM holds.
 """
 
 from __future__ import annotations
