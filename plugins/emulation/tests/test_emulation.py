@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import mxmoe
+import mxmoe.formats
 from mxmoe import FusedMoE, MoEConfig, preset, random_weights, reference_experts, relative_error
 from mxmoe.registry import get_registry
 from mxmoe.routing import route
 from mxmoe.selection import probe
-from mxmoe.testing import BackendConformance, conformance_cases
+from mxmoe.testing import BackendConformance, check_case, conformance_cases
 from mxmoe_emulation.torch_backend import dequant, experts
 from mxmoe_emulation.torch_backend.dequant import ENV_DEQUANT, DequantMode
 
@@ -95,6 +96,34 @@ def test_every_conformance_case_is_supported(case) -> None:
     verdict = probe(get_registry().backends[BACKEND], case.config, CPU)
     assert verdict.supported, verdict.reason
     assert verdict.priority == 0
+
+
+requires_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA/ROCm GPU in this process (the backend's accelerator path: "
+           "default mode 'call'); the CPU tests cover the same code")
+
+
+@requires_gpu
+def test_conformance_matrix_on_gpu(dequant_mode: str) -> None:
+    """Every kit case on the GPU, in each mode."""
+    for case in conformance_cases():
+        check_case(BACKEND, case, "cuda")
+
+
+@requires_gpu
+def test_gpu_defaults_to_per_call_dequant_and_agrees_with_cpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_DEQUANT, raising=False)
+    config = GPT_OSS_SMALL.replace(dtype=torch.float32)
+    seed = fresh_seed()
+    weights = random_weights(config, seed=seed)
+    gpu = FusedMoE(config, backend=BACKEND, device="cuda")
+    gpu.load_weights(**weights.to("cuda").tensors())
+    assert gpu._converted.mode is DequantMode.CALL
+    x, logits = inputs(config, 77, seed + 1)
+    err = relative_error(gpu(x.cuda(), logits.cuda()).cpu(), loaded_layer(config, weights)(x, logits))
+    assert err < 1e-6, f"seed={seed}: {err:.3e}"
 
 
 # -- (b) accuracy against the reference -------------------------------------------------
@@ -186,11 +215,30 @@ def test_call_mode_dequantizes_only_the_active_experts(monkeypatch: pytest.Monke
     x, logits = inputs(config, 3, fresh_seed())  # 3 tokens x top-4: at most 12 of 32 experts
     active = routed(config, logits)[1].unique().numel()
     calls = []
-    real = dequant.dequantize_mx
-    monkeypatch.setattr(dequant, "dequantize_mx",
-                        lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    real = dequant.dequantize
+    monkeypatch.setattr(dequant, "dequantize",
+                        lambda data, scales, fmt: calls.append(data.shape) or real(data, scales, fmt))
     layer(x, logits)
     assert len(calls) == 2 * active  # w13 and w2 of each active expert, nothing else
+
+
+@pytest.mark.parametrize("weight_format", ["mxfp4", "mxfp8"])
+def test_table_decoder_is_bit_identical_to_the_core_dequantizer(weight_format: str) -> None:
+    """Every data byte under every scale byte (NaN scale 0xFF and subnormal results
+    included) decodes exactly as mxmoe.formats.dequantize_mx does."""
+    fmt = "mxfp4" if weight_format == "mxfp4" else "mxfp8_e4m3"
+    per_byte = 2 if weight_format == "mxfp4" else 1
+    all_bytes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    # row s: the 256 data bytes under scale byte s (one scale per 32 elements)
+    data = all_bytes.repeat(256, 1)
+    scales = all_bytes.unsqueeze(1).expand(256, 256 * per_byte // 32).contiguous()
+    if weight_format == "mxfp8":
+        data = data.view(torch.float8_e4m3fn)
+    decoded = dequant.dequantize(data, scales, fmt)
+    expected = mxmoe.formats.dequantize_mx(data, scales, fmt)
+    assert decoded.dtype == torch.float32
+    assert torch.equal(decoded.isnan(), expected.isnan())
+    assert torch.equal(decoded.nan_to_num(0.0), expected.nan_to_num(0.0))
 
 
 def test_device_defaults() -> None:

@@ -11,8 +11,8 @@ Tokens are grouped by expert and each active expert runs two float32 GEMMs over 
 of its rows (:mod:`.experts`). Weights are dequantized either once at conversion or
 per call, chosen by ``MXMOE_EMULATION_DEQUANT=convert|call``; by default ``convert``
 on the CPU (fast; float32 weights, 7.53x the packed MXFP4 size, 3.88x MXFP8) and
-``call`` on accelerators (memory-lean: the packed checkpoint plus one expert's
-float32 matrix at a time). See :mod:`.dequant`.
+``call`` on accelerators (memory-lean: the packed checkpoint plus one float32
+matrix at a time). See :mod:`.dequant`.
 """
 
 from __future__ import annotations

@@ -10,26 +10,29 @@ converted:
     bytes, i.e. 7.53x the checkpoint for MXFP4 and 3.88x for MXFP8.
 ``call``
     Keep the packed MX weights and scales; each call dequantizes only the experts its
-    tokens reach, one at a time, and drops the copy after that expert's GEMM.
-    Memory: the checkpoint plus one expert's float32 matrix at a time.
+    tokens reach, one matrix at a time, and drops each copy after its GEMM.
+    Memory: the checkpoint plus one float32 matrix (gpt-oss-20b's w13: 66 MB).
 
-Default: ``convert`` on the CPU (host memory is the large, cheap pool, and the
-per-call dequantization would otherwise dominate a CPU forward pass); ``call`` on
-every accelerator (device memory is the scarce resource there, and elementwise
-dequantization is cheap next to the GEMMs on a GPU).
+Default: ``convert`` on the CPU (host memory is the large, cheap pool, and per-call
+dequantization would make a CPU forward pass several times slower: gpt-oss-mini at
+16 tokens, one thread, 58 ms instead of 15 ms); ``call`` on every accelerator (device
+memory is the scarce resource there and the GPU dequantizes quickly: gpt-oss-20b on an
+H100 at 64 tokens, 11.7 ms instead of 7.0 ms, for 0.43 GB of weights instead of 3.19).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import os
 from typing import Literal
 
 import torch
 
 from mxmoe import ExpertWeights, MoEConfig
-from mxmoe.formats import dequantize_mx
+from mxmoe.config import MX_BLOCK
+from mxmoe.formats import e2m1_to_float, e8m0_to_float
 
 __all__ = [
     "COMPUTE_DTYPE",
@@ -38,6 +41,7 @@ __all__ = [
     "EmulationWeights",
     "convert",
     "default_mode",
+    "dequantize",
     "mode_from_environment",
 ]
 
@@ -89,6 +93,36 @@ def _collapsed_input_scale(scale: torch.Tensor | None) -> float | None:
     return None if scale is None else float(scale.float().max())
 
 
+@functools.cache
+def _decode_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FP4 pairs [256, 2], E8M0 values [256, 1]): every byte value decoded once, by
+    :mod:`mxmoe.formats`' own decoders; a packed FP4 byte holds element 2i in its low
+    nibble. Cached per device (2 KiB)."""
+    byte_values = torch.arange(256, dtype=torch.int32, device=device).to(torch.uint8)
+    fp4_pairs = torch.stack(
+        (e2m1_to_float(byte_values & 0xF), e2m1_to_float(byte_values >> 4)), dim=-1)
+    return fp4_pairs, e8m0_to_float(byte_values).unsqueeze(1)
+
+
+def dequantize(data: torch.Tensor, scales: torch.Tensor, mx_format: str) -> torch.Tensor:
+    """MX ``data`` [..., K (K/2 packed)] with E8M0 ``scales`` [..., K/32] -> float32 [..., K].
+
+    Table lookups plus one multiply, element x scale in float32 as
+    :func:`mxmoe.formats.dequantize_mx` computes it, so the result is bit-identical to
+    that function's (NaN scales give NaN) and several times faster, which matters for
+    the per-call mode.
+    """
+    fp4_pairs, scale_values = _decode_tables(data.device)
+    if mx_format == "mxfp4":
+        elements = torch.nn.functional.embedding(data.int(), fp4_pairs)
+    else:
+        elements = data.to(COMPUTE_DTYPE)
+    blocks = elements.reshape(*scales.shape, -1)
+    # in place: ``elements`` is this call's own tensor
+    blocks.mul_(torch.nn.functional.embedding(scales.int(), scale_values))
+    return blocks.reshape(*scales.shape[:-1], -1)
+
+
 Matrix = Literal["w13", "w2"]
 
 
@@ -126,16 +160,16 @@ class EmulationWeights:
         if self.mode is DequantMode.CONVERT:
             return data[expert]
         scales = self.w13_scale if which == "w13" else self.w2_scale
-        return dequantize_mx(data[expert], scales[expert], self.mx_format, dtype=COMPUTE_DTYPE)
+        return dequantize(data[expert], scales[expert], self.mx_format)
 
 
 def _dequantize_all(data: torch.Tensor, scales: torch.Tensor, mx_format: str) -> torch.Tensor:
     """Every expert of ``data`` as float32, one expert at a time so the conversion's
     temporaries stay the size of one expert."""
-    elements = data.shape[-1] * (2 if mx_format == "mxfp4" else 1)
-    out = torch.empty((*data.shape[:-1], elements), dtype=COMPUTE_DTYPE, device=data.device)
+    out = torch.empty((*scales.shape[:-1], scales.shape[-1] * MX_BLOCK), dtype=COMPUTE_DTYPE,
+                      device=data.device)
     for expert in range(data.shape[0]):
-        out[expert] = dequantize_mx(data[expert], scales[expert], mx_format, dtype=COMPUTE_DTYPE)
+        out[expert] = dequantize(data[expert], scales[expert], mx_format)
     return out
 
 
