@@ -2,7 +2,7 @@
 
 It calls ``aiter.fused_moe`` with per-1x32 quantization, which aiter serves with its
 FlyDSL two-stage grouped GEMM: aiter quantizes the activations to MXFP8 itself (E4M3
-with an E8M0 scale per 32), runs GEMM1 with its clamped SwiGLU fused (aiter's
+with an E8M0 scale per 32, rounded up: RCEIL, ``mxfp8_dynamic_rceil``), runs GEMM1 with its clamped SwiGLU fused (aiter's
 ``Swiglu``: ``min(g, L) * sigmoid(1.702 * min(g, L)) * (clamp(u, -L, L) + 1)``, the
 gate/up rows in 16-row blocks, ``GateMode.INTERLEAVE``), re-quantizes, runs GEMM2 and
 sums each token's experts weighted by its float32 router weights. Routing is the
@@ -47,10 +47,21 @@ SWIGLU_BETA = 1.0
 _SWIGLU = (Activation.SWIGLUOAI, Activation.SWIGLUOAI_UNINTERLEAVE)
 
 
+def _scale_rule_gap(config: MoEConfig) -> str | None:
+    """Why OCP-floor MXFP8 activations are not what aiter computes, or None."""
+    if (config.weight_format, config.activation_format) != (
+            WeightFormat.MXFP8, ActivationFormat.MXFP8_DYNAMIC):
+        return None
+    return ("aiter's quantizer rounds MXFP8 activation scales up (RCEIL), found "
+            f"{ActivationFormat.MXFP8_DYNAMIC} (OCP floor scales): use activation_format "
+            f"{ActivationFormat.MXFP8_DYNAMIC_RCEIL}")
+
+
 def _feature_gap(config: MoEConfig) -> str | None:
     """Why aiter's MXFP8 path cannot compute ``config``'s layer, or None."""
-    scheme = scheme_gap(config, WeightFormat.MXFP8, ActivationFormat.MXFP8_DYNAMIC,
-                        "MXFP8 weights with dynamic MXFP8 activations")
+    scheme = _scale_rule_gap(config) or scheme_gap(
+        config, WeightFormat.MXFP8, ActivationFormat.MXFP8_DYNAMIC_RCEIL,
+        "MXFP8 weights with dynamic MXFP8 activations, RCEIL scales")
     if scheme:
         return scheme
     if config.activation not in _SWIGLU:

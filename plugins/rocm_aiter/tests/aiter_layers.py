@@ -15,10 +15,11 @@ W4A8_LAYER = MoEConfig(
     has_bias=True, name="w4a8-small",
 )
 
-#: MXFP8 x dynamic MXFP8, SwiGLU-OAI without biases: what aiter-mxfp8 runs.
+#: MXFP8 x dynamic MXFP8 with scales rounded up (RCEIL, as aiter's quantizer computes
+#: them), SwiGLU-OAI without biases: what aiter-mxfp8 runs.
 MXFP8_LAYER = MoEConfig(
     num_experts=8, top_k=2, hidden_size=128, intermediate_size=128, activation="swigluoai",
-    routing="renormalize", weight_format="mxfp8", activation_format="mxfp8_dynamic",
+    routing="renormalize", weight_format="mxfp8", activation_format="mxfp8_dynamic_rceil",
     has_bias=False, name="mxfp8-small",
 )
 

@@ -1,6 +1,6 @@
 """Both backends end to end through the aiter test double, with the device check patched
-so the CPU counts as gfx950: the conformance kit, further layers each backend claims,
-and bounds on what aiter's own activation-scale rule does to the error.
+so the CPU counts as gfx950: the conformance kit, and further layers each backend
+claims that the kit's matrix does not cover.
 
 This proves the glue — layouts, argument conventions, conversions, the expert mask —
 against aiter's documented contracts; what only real MI355-class hardware can confirm
@@ -12,15 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mxmoe
 from aiter_layers import MXFP8, MXFP8_LAYER, W4A8, W4A8_LAYER
-from mxmoe.testing import (
-    BackendConformance,
-    Case,
-    check_apply_leaves_inputs,
-    check_case,
-    check_convert_deterministic,
-)
+from mxmoe.testing import BackendConformance, Case, check_case, check_convert_deterministic
 
 pytestmark = pytest.mark.usefixtures("fake_aiter", "on_gfx950")
 
@@ -31,9 +24,9 @@ class TestW4A8Conformance(BackendConformance):
 
 
 class TestMXFP8Conformance(BackendConformance):
-    """The kit's matrix has no layer aiter-mxfp8 runs (its MXFP8 x MXFP8 layers have
-    biases or SiLU), so its cases skip with the backend's reasons; the layers below
-    and the two generic checks at the end cover the backend instead."""
+    """aiter-mxfp8 runs the kit's MXFP8 x RCEIL-MXFP8 SwiGLU layers without biases
+    (interleaved and halves, and a reordering expert map); the rest of the matrix skips
+    with the backend's reasons."""
 
     backend = MXFP8
     device = "cpu"
@@ -51,18 +44,15 @@ W4A8_CASES = [
         num_experts=32, top_k=4, swiglu_alpha=1.0, swiglu_limit=3.0), (1, 40)),
 ]
 
-# Token counts of at least 16: aiter re-quantizes GEMM1's bf16 output to MXFP8, and
-# over fewer tokens the spread of that rounding alone (also for mxmoe's emulation
-# backend) reaches the kit's 3e-2 on a few percent of draws (see the report on the
-# issue); the per-token computation is the same at every count.
-MXFP8_TOKENS = (16, 67)
+# What the kit's MXFP8 x RCEIL-MXFP8 cases leave out: the last global expert local
+# (next to the mask's sentinel slot), fp16 output with grouped routing, odd sizes with
+# another clamp limit, many experts. The kit runs 0 and 1 tokens; these run 7 (measured
+# over 21 tokens) and 67. The double rounds GEMM1's output to bf16 before re-quantizing,
+# and over the kit's 16 tokens with half the experts remote that alone spreads the
+# error past 3e-2 in 1 to 5 draws in 100 (median 1.6e-2).
+MXFP8_TOKENS = (7, 67)
 MXFP8_CASES = [
-    Case("swigluoai", MXFP8_LAYER, MXFP8_TOKENS),
-    Case("swigluoai-uninterleave", MXFP8_LAYER.replace(activation="swigluoai_uninterleave"),
-         MXFP8_TOKENS),
     Case("ep-rank1of2", MXFP8_LAYER.with_expert_parallel(2, 1), MXFP8_TOKENS),
-    Case("ep-strided-reordered", MXFP8_LAYER.replace(expert_map=(1, -1, 0, -1, -1, 3, 2, -1)),
-         MXFP8_TOKENS),
     Case("grouped-routing-fp16", MXFP8_LAYER.replace(
         routing="grouped_topk", num_expert_group=2, topk_group=1, dtype=torch.float16),
         MXFP8_TOKENS),
@@ -82,29 +72,6 @@ def test_mxfp8_layers(case):
     check_case(MXFP8, case, "cpu")
 
 
-def test_mxfp8_convert_weights_is_deterministic():
+def test_mxfp8_convert_weights_is_deterministic_with_an_expert_mask():
+    """The kit checks a layer without expert parallelism; this one converts a mask too."""
     check_convert_deterministic(MXFP8, MXFP8_LAYER.with_expert_parallel(2, 0), "cpu")
-
-
-def test_mxfp8_apply_does_not_modify_inputs():
-    check_apply_leaves_inputs(MXFP8, MXFP8_LAYER, "cpu")
-
-
-def test_mxfp8_with_aiters_rceil_activation_scales(monkeypatch):
-    """With the E8M0 rule aiter documents for its HIP quantizer (RCEIL) instead of the
-    reference's OCP floor, the layer stays within 6e-2 of mxmoe.reference (measured
-    about 4e-2: the floor rule clips block maxima that RCEIL keeps) — the glue holds;
-    the gap to the kit's 3e-2 is the reference's choice of rule, not a layout error
-    (those give errors of order 1)."""
-    import aiter.fused_moe as fused
-
-    monkeypatch.setattr(fused, "ACTIVATION_SCALE_ROUNDING", "rceil")
-    config = MXFP8_LAYER
-    weights = mxmoe.random_weights(config, seed=7)
-    layer = mxmoe.FusedMoE(config, backend=MXFP8, device="cpu")
-    layer.load_weights(**weights.tensors())
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(67, config.hidden_size, generator=gen).to(config.dtype)
-    logits = torch.randn(67, config.num_experts, generator=gen) * 2
-    err = mxmoe.relative_error(layer(x, logits), mxmoe.reference_moe(config, weights, x, logits))
-    assert err < 6e-2, f"relative error {err:.3e} with aiter's RCEIL activation scales"

@@ -253,7 +253,8 @@ W4A8_GAPS = [
 ]
 
 MXFP8_GAPS = [
-    ({"weight_format": "mxfp4"}, "mxfp8 x mxfp8_dynamic"),
+    ({"weight_format": "mxfp4"}, "(mxfp8 x mxfp8_dynamic_rceil) only, found mxfp4 x "),
+    ({"activation_format": "mxfp8_dynamic"}, "rounds MXFP8 activation scales up (RCEIL)"),
     ({"activation_format": "fp8_dynamic_1x128"}, "found mxfp8 x fp8_dynamic_1x128"),
     ({"activation": "silu"}, "clamped SwiGLU only"),
     ({"activation": "swiglustep"}, "found swiglustep"),
@@ -271,6 +272,14 @@ MXFP8_GAPS = [
 def test_feature_gaps(backend, changes, expected):
     v = verdict(backend, LAYER[backend].replace(**changes))
     assert not v.supported and expected in v.reason
+
+
+@pytest.mark.usefixtures("on_gfx950", "fake_aiter")
+def test_floor_scaled_mxfp8_activations_name_the_format_to_use():
+    v = verdict(MXFP8, MXFP8_LAYER.replace(activation_format="mxfp8_dynamic"))
+    assert not v.supported
+    assert "found mxfp8_dynamic (OCP floor scales)" in v.reason
+    assert v.reason.endswith("use activation_format mxfp8_dynamic_rceil")
 
 
 @pytest.mark.usefixtures("on_gfx950")

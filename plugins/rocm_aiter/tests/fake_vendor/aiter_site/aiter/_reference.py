@@ -50,9 +50,10 @@ def dequantize_blocks(values: torch.Tensor, scales: torch.Tensor) -> torch.Tenso
     return (blocks * e8m0_to_float(scales).unsqueeze(-1)).reshape(values.shape)
 
 
-def mxfp8_roundtrip(x: torch.Tensor, scale_rounding: str) -> torch.Tensor:
-    """``x`` [..., K] quantized to MXFP8 (E4M3, E8M0 scale per 32) and back, in float32."""
-    data, scales = quantize_mx(x.float(), "mxfp8_e4m3", scale_rounding=scale_rounding)
+def mxfp8_rceil_roundtrip(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [..., K] quantized to MXFP8 (E4M3, E8M0 scale per 32 rounded up: RCEIL,
+    aiter's rule) and back, in float32."""
+    data, scales = quantize_mx(x.float(), "mxfp8_e4m3", scale_rounding="rceil")
     return dequantize_mx(data, scales, "mxfp8_e4m3")
 
 
