@@ -179,8 +179,8 @@ def _same(a: Any, b: Any, path: str = "converted") -> str | None:
             return f"{path}: tensor vs {type(b).__name__}"
         if a.shape != b.shape or a.dtype != b.dtype:
             return f"{path}: {tuple(a.shape)} {a.dtype} vs {tuple(b.shape)} {b.dtype}"
-        ra = a.view(torch.uint8) if a.element_size() == 1 else a
-        rb = b.view(torch.uint8) if b.element_size() == 1 else b
+        # Bitwise, so NaN (a NaN-scale block, a decode table) compares equal to itself.
+        ra, rb = (t.detach().contiguous().reshape(-1).view(torch.uint8) for t in (a, b))
         return None if torch.equal(ra, rb) else f"{path}: values differ"
     if hasattr(a, "__dict__") and not isinstance(a, type) and not callable(a):
         if type(a) is not type(b):
