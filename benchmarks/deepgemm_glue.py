@@ -12,7 +12,9 @@ Each step's floor is the bytes it must move through HBM at least (read its input
 write its outputs once; listed in ``step_bytes``) over the measured HBM read rate of an
 H100 (2.99 TB/s, FACTS.md). Times are medians of CUDA-event brackets around each eager
 call, rotating over several input sets (mxmoe.bench.timing), so they include launch
-gaps; at small M every step is launch-bound and far above its floor.
+gaps; at small M every step is launch-bound and far above its floor. Each step is also
+captured in a CUDA graph (possible because no step synchronises with the host) and its
+replays timed: that is the GPU's own time.
 
     PYTHONPATH=core:plugins/cuda_deepgemm python benchmarks/deepgemm_glue.py \
         --json $OUT/deepgemm-glue-h100.json
@@ -30,7 +32,7 @@ from collections.abc import Callable
 import torch
 
 from mxmoe import MoEConfig
-from mxmoe.bench.timing import time_calls
+from mxmoe.bench.timing import capture_graphs, time_calls
 from mxmoe_cuda_deepgemm import glue_torch, glue_triton
 from mxmoe_cuda_deepgemm.glue import RoutingPlan, workspace_rows
 from mxmoe_cuda_deepgemm.layouts import ScaleFormat, packed_columns
@@ -83,8 +85,9 @@ def step_bytes(config: MoEConfig, tokens: int, rows: int) -> dict[str, int]:
         "plan": 4 * slots + 8 * slots + 4 * rows + 4 * e,
         # bf16 tokens in, their slot rows; FP8 rows and packed scales out
         "quantize_permute": 2 * tokens * h + 4 * slots + slots * h + scales(h),
-        # real rows of FC1's bf16 output, the layout, used biases in; FP8 rows, scales out
-        "activate_quantize": (2 * slots * 2 * i + 4 * rows + 4 * experts_used * 2 * i
+        # real rows of FC1's bf16 output, slot rows/experts, used biases in; FP8 rows,
+        # scales out
+        "activate_quantize": (2 * slots * 2 * i + 8 * slots + 4 * experts_used * 2 * i
                               + slots * i + scales(i)),
         # FC2's bf16 rows, slot rows/experts/weights, used biases in; bf16 tokens out
         "unpermute_reduce": 2 * slots * h + 12 * slots + 4 * experts_used * h + 2 * tokens * h,
@@ -97,11 +100,24 @@ def step_calls(glue: object, config: MoEConfig, alignment: int
     return {
         "plan": lambda s: glue.plan_permutation(s.topk_ids, None, config.num_experts, alignment),
         "quantize_permute": lambda s: glue.quantize_permute(s.x, s.plan, fmt),
-        "activate_quantize": lambda s: glue.activate_quantize(s.h, s.plan.grouped_layout,
-                                                              s.bias13, config, fmt),
+        "activate_quantize": lambda s: glue.activate_quantize(s.h, s.plan, s.bias13, config,
+                                                              fmt),
         "unpermute_reduce": lambda s: glue.unpermute_reduce(s.y, s.plan, s.topk_weights,
                                                             s.bias2, torch.bfloat16),
     }
+
+
+def graph_us(run_set: Callable[[int], object], sets: int, repeats: int,
+             device: torch.device) -> float | str:
+    """Median microseconds of CUDA-graph replays of ``run_set``, or why it could not be
+    captured (a host synchronisation inside, typically)."""
+    try:
+        graphs = capture_graphs(run_set, sets, device)
+    except RuntimeError as exc:
+        return f"not capturable: {exc}".splitlines()[0]
+    timing = time_calls(lambda i: graphs[i % len(graphs)].replay(), device,
+                        warmup=5, repeats=repeats, budget_s=2.0)
+    return timing.ms * 1e3
 
 
 def run(config: MoEConfig, token_counts: list[int], alignment: int, repeats: int,
@@ -116,27 +132,41 @@ def run(config: MoEConfig, token_counts: list[int], alignment: int, repeats: int
         times = {}
         for name, glue in (("triton", glue_triton), ("torch", glue_torch)):
             for step, call in step_calls(glue, config, alignment).items():
-                timing = time_calls(lambda i, c=call: c(sets[i % len(sets)]), device,
-                                    warmup=5, repeats=repeats, budget_s=2.0)
+                run_set = lambda i, c=call: c(sets[i % len(sets)])  # noqa: E731
+                timing = time_calls(run_set, device, warmup=5, repeats=repeats, budget_s=2.0)
                 times[(name, step)] = timing.ms * 1e3
+                # Replayed as CUDA graphs (the glue never synchronises, so it captures):
+                # the GPU's time without Python's launch gaps.
+                times[(f"{name}_graph", step)] = graph_us(run_set, len(sets), repeats, device)
         for step in STEPS:
             floor_us = need[step] / (HBM_READ_TBPS * 1e12) * 1e6
             rows_out.append({
                 "tokens": tokens, "workspace_rows": rows, "step": step, "bytes": need[step],
                 "floor_us": floor_us, "triton_us": times[("triton", step)],
+                "triton_graph_us": times[("triton_graph", step)],
                 "torch_us": times[("torch", step)],
-                "triton_floor_ratio": times[("triton", step)] / floor_us,
+                "torch_graph_us": times[("torch_graph", step)],
+                "triton_graph_floor_ratio": _ratio(times[("triton_graph", step)], floor_us),
             })
         print_rows(rows_out[-len(STEPS):])
     return rows_out
 
 
+def _ratio(time_us: float | str, floor_us: float) -> float | None:
+    return time_us / floor_us if isinstance(time_us, float) else None
+
+
+def _us(value: float | str | None, suffix: str = " us") -> str:
+    return f"{value:8.2f}{suffix}" if isinstance(value, float) else str(value)
+
+
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
         print(f"M={r['tokens']:>5} rows={r['workspace_rows']:>6} {r['step']:<18} "
-              f"{r['bytes'] / 1e6:9.3f} MB  floor {r['floor_us']:8.2f} us  "
-              f"triton {r['triton_us']:8.2f} us ({r['triton_floor_ratio']:6.2f}x)  "
-              f"torch {r['torch_us']:9.2f} us", flush=True)
+              f"{r['bytes'] / 1e6:8.3f} MB floor {r['floor_us']:7.2f} us | triton "
+              f"{_us(r['triton_us'])}, graph {_us(r['triton_graph_us'])} "
+              f"({_us(r['triton_graph_floor_ratio'], 'x')} floor) | torch {_us(r['torch_us'])}, "
+              f"graph {_us(r['torch_graph_us'])}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         "layer": {"experts": args.experts, "top_k": args.top_k, "hidden": args.hidden,
                   "intermediate": args.intermediate, "activation": "swigluoai",
                   "bias": True, "alignment": args.alignment, "scale_format": "ue8m0"},
-        "timing": "median of CUDA-event brackets per eager call (mxmoe.bench.timing)",
+        "timing": ("median of CUDA-event brackets per call (mxmoe.bench.timing): eager "
+                   "(*_us, Python launch gaps included) and CUDA-graph replay (*_graph_us)"),
         "rows": rows,
     }
     if args.json:

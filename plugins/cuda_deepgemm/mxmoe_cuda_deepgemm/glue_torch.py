@@ -40,10 +40,10 @@ def plan_permutation(topk_ids: torch.Tensor, expert_map: torch.Tensor | None,
     bucket = torch.where(valid, local, num_local_experts)
     counts = torch.zeros(num_local_experts + 1, dtype=torch.long, device=device)
     counts.scatter_add_(0, bucket, torch.ones_like(bucket))
-    padded = (counts + alignment - 1) // alignment * alignment
-    padded[num_local_experts] = 0
-    starts = torch.cumsum(padded, 0) - padded
-    starts[num_local_experts] = rows  # other ranks' slots land on the scratch row
+    padded = (counts[:num_local_experts] + alignment - 1) // alignment * alignment
+    # Other ranks' slots start at the scratch row (a device-side value: no host copy).
+    starts = torch.cat([torch.cumsum(padded, 0) - padded,
+                        torch.full((1,), rows, dtype=torch.long, device=device)])
     order = torch.argsort(bucket, stable=True)
     first_of_bucket = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(bucket)
@@ -98,11 +98,11 @@ def quantize_permute(hidden_states: torch.Tensor, plan: RoutingPlan, fmt: ScaleF
     return out[:rows].view(torch.float8_e4m3fn), _in_layout(out_scales[:rows], fmt)
 
 
-def activate_quantize(fc1_out: torch.Tensor, grouped_layout: torch.Tensor,
-                      bias: torch.Tensor | None, config: MoEConfig, fmt: ScaleFormat
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def activate_quantize(fc1_out: torch.Tensor, plan: RoutingPlan, bias: torch.Tensor | None,
+                      config: MoEConfig, fmt: ScaleFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """FC2's FP8 input from FC1's output [rows, 2I]: + bias of the row's expert, the
     config's activation (float32), per-128 FP8 quantization. Padding rows give zeros."""
+    grouped_layout = plan.grouped_layout
     h = fc1_out.float()
     valid = (grouped_layout >= 0).unsqueeze(1)
     if bias is not None:

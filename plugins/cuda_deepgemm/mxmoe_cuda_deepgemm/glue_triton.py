@@ -9,7 +9,8 @@ Each step is one pass over memory with no host synchronisation:
 * quantization works on tiles of one row x 512 channels -- four 128-channel groups, so
   one int32 of packed UE8M0 scales per program -- and writes each token to all its
   slots' rows from registers;
-* the activation reads FC1's output once, padding rows not at all;
+* the activation runs one program per slot, so it reads FC1's real rows once and the
+  worst-case workspace's padding rows not at all;
 * the reduction reads each token's FC2 rows and writes the token once.
 
 Rounding is explicit where the Triton interpreter's casts differ from the GPU's
@@ -139,7 +140,10 @@ def _quantize_tile(x, POW2: tl.constexpr):
         bits = scale.to(tl.int32, bitcast=True)
         exponent = (bits >> 23) + ((bits & 0x7FFFFF) != 0).to(tl.int32)
         scale = (exponent << 23).to(tl.float32, bitcast=True)
-    q = tl.math.div_rn(x, tl.broadcast_to(scale[:, None], x.shape))
+        inverse = ((254 - exponent) << 23).to(tl.float32, bitcast=True)  # exact: 1 / 2**e
+        q = x * inverse[:, None]
+    else:
+        q = tl.math.div_rn(x, tl.broadcast_to(scale[:, None], x.shape))
     return _round_to_e4m3(tl.clamp(q, -448.0, 448.0)), scale
 
 
@@ -250,39 +254,40 @@ def _activation(gate, up, alpha, beta, limit, ACTIVATION: tl.constexpr,
 
 
 @triton.jit
-def _activate_quantize_kernel(h_ptr, layout_ptr, bias_ptr, q_ptr, s_ptr, inter,
-                              num_groups, scale_stride, alpha, beta, limit,
+def _activate_quantize_kernel(h_ptr, slot_row_ptr, slot_expert_ptr, bias_ptr, q_ptr, s_ptr,
+                              inter, num_groups, scale_stride, alpha, beta, limit,
                               ACTIVATION: tl.constexpr, INTERLEAVED: tl.constexpr,
                               HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                               SCALE_FORMAT: tl.constexpr):
-    row = tl.program_id(0)
+    # One program per slot and chunk: only real rows, never the workspace's padding.
+    slot = tl.program_id(0)
     chunk = tl.program_id(1)
-    expert = tl.load(layout_ptr + row)  # -1: a padding row, neither read nor written
-    col = _tile_columns(chunk)
-    col_ok = col < inter
-    load_ok = _and_nonnegative(col_ok, expert)
-    if INTERLEAVED:
-        gate_col = 2 * col
-        up_col = 2 * col + 1
-    else:
-        gate_col = col
-        up_col = inter + col
-    base = h_ptr + row.to(tl.int64) * (2 * inter)
-    gate = tl.load(base + gate_col, mask=load_ok, other=0.0).to(tl.float32)
-    up = tl.load(base + up_col, mask=load_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = bias_ptr + expert.to(tl.int64) * (2 * inter)
-        gate += tl.load(bias + gate_col, mask=load_ok, other=0.0)
-        up += tl.load(bias + up_col, mask=load_ok, other=0.0)
-    out = _activation(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
-    q, scale = _quantize_tile(out, SCALE_FORMAT != 0)
-    _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, expert, inter,
-                     num_groups, scale_stride, SCALE_FORMAT)
+    row = tl.load(slot_row_ptr + slot)
+    expert = tl.load(slot_expert_ptr + slot)
+    if row >= 0:  # a slot of another rank has no row
+        col = _tile_columns(chunk)
+        col_ok = col < inter
+        if INTERLEAVED:
+            gate_col = 2 * col
+            up_col = 2 * col + 1
+        else:
+            gate_col = col
+            up_col = inter + col
+        base = h_ptr + row.to(tl.int64) * (2 * inter)
+        gate = tl.load(base + gate_col, mask=col_ok, other=0.0).to(tl.float32)
+        up = tl.load(base + up_col, mask=col_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = bias_ptr + expert.to(tl.int64) * (2 * inter)
+            gate += tl.load(bias + gate_col, mask=col_ok, other=0.0)
+            up += tl.load(bias + up_col, mask=col_ok, other=0.0)
+        out = _activation(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
+        q, scale = _quantize_tile(out, SCALE_FORMAT != 0)
+        _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, expert, inter,
+                         num_groups, scale_stride, SCALE_FORMAT)
 
 
-def activate_quantize(fc1_out: torch.Tensor, grouped_layout: torch.Tensor,
-                      bias: torch.Tensor | None, config: MoEConfig, fmt: ScaleFormat
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def activate_quantize(fc1_out: torch.Tensor, plan: RoutingPlan, bias: torch.Tensor | None,
+                      config: MoEConfig, fmt: ScaleFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """See :func:`mxmoe_cuda_deepgemm.glue_torch.activate_quantize` (padding rows are
     left unwritten here)."""
     h = fc1_out.contiguous()
@@ -293,10 +298,11 @@ def activate_quantize(fc1_out: torch.Tensor, grouped_layout: torch.Tensor,
     act = config.activation
     beta = 1.0 if act is Activation.SWIGLUOAI else config.swiglu_beta
     limit = config.swiglu_limit
-    if rows:
-        _activate_quantize_kernel[(rows, triton.cdiv(inter, _CHUNK))](
-            h, grouped_layout, h if bias is None else bias, q, scales, inter, groups,
-            _scale_stride(scales, fmt), config.swiglu_alpha, beta,
+    slots = plan.slot_row.numel()
+    if slots:
+        _activate_quantize_kernel[(slots, triton.cdiv(inter, _CHUNK))](
+            h, plan.slot_row, plan.slot_expert, h if bias is None else bias, q, scales,
+            inter, groups, _scale_stride(scales, fmt), config.swiglu_alpha, beta,
             0.0 if limit is None else limit,
             ACTIVATION=_ACTIVATION_CODES[act], INTERLEAVED=act.interleaved,
             HAS_LIMIT=limit is not None, HAS_BIAS=bias is not None,

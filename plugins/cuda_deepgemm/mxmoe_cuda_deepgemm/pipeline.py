@@ -41,7 +41,7 @@ def run_experts(config: MoEConfig, experts: DeepGEMMExperts, hidden_states: torc
     h = torch.empty((plan.rows, fc1_width), dtype=torch.bfloat16, device=hidden_states.device)
     vendor.grouped_gemm(a, a_scales, experts.w13, experts.w13_scale, h, plan.grouped_layout)
     del a, a_scales
-    a, a_scales = glue.activate_quantize(h, plan.grouped_layout, experts.w13_bias, config, fmt)
+    a, a_scales = glue.activate_quantize(h, plan, experts.w13_bias, config, fmt)
     del h
     y = torch.empty((plan.rows, hidden), dtype=torch.bfloat16, device=hidden_states.device)
     vendor.grouped_gemm(a, a_scales, experts.w2, experts.w2_scale, y, plan.grouped_layout)

@@ -98,7 +98,10 @@ def assert_same_quantized(q_a: torch.Tensor, s_a: torch.Tensor, q_b: torch.Tenso
     exactly or, for a fraction at most ``max_flip_fraction``, one E4M3 step apart."""
     sa = scale_values(s_a, fmt, num_groups)[rows]
     sb = scale_values(s_b, fmt, num_groups)[rows]
-    assert torch.equal(sa, sb), f"scales differ in {int((sa != sb).sum())} of {sa.numel()}"
+    if max_flip_fraction and fmt is ScaleFormat.FLOAT32:  # see compare_quantize_permute
+        torch.testing.assert_close(sa, sb, rtol=2.0 ** -23, atol=0.0)
+    else:
+        assert torch.equal(sa, sb), f"scales differ in {int((sa != sb).sum())} of {sa.numel()}"
     fraction, steps = _e4m3_step_fraction(q_a[rows], q_b[rows])
     assert fraction <= max_flip_fraction and steps <= 1.0, \
         f"{fraction:.2e} of FP8 values differ, by up to {steps} steps"
@@ -120,7 +123,11 @@ def compare_plans(glue: ModuleType, ref: ModuleType, device: torch.device | str,
 def compare_quantize_permute(glue: ModuleType, ref: ModuleType, device: torch.device | str,
                              tokens: int, top_k: int, num_experts: int, hidden: int,
                              alignment: int, fmt: ScaleFormat, dtype: torch.dtype,
-                             on_input: bool = False, seed: int = 0) -> None:
+                             on_input: bool = False, seed: int = 0,
+                             max_flip_fraction: float = 0.0) -> None:
+    """With ``max_flip_fraction``, float32 scales may also differ by one ulp: PyTorch on
+    CUDA divides by a scalar as a multiplication by its reciprocal, the Triton glue (and
+    the CPU reference) divide correctly rounded."""
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(tokens, hidden, generator=gen) * torch.rand(tokens, 1, generator=gen) * 8)
     x = x.to(dtype).to(device)
@@ -131,7 +138,8 @@ def compare_quantize_permute(glue: ModuleType, ref: ModuleType, device: torch.de
     q, s = glue.quantize_permute(x, plan, fmt, weights)
     q_ref, s_ref = ref.quantize_permute(x, plan, fmt, weights)
     rows = plan.slot_row[plan.slot_row >= 0].long()
-    assert_same_quantized(q, s, q_ref, s_ref, rows, fmt, hidden // 128)
+    assert_same_quantized(q, s, q_ref, s_ref, rows, fmt, hidden // 128,
+                          max_flip_fraction=max_flip_fraction)
 
 
 def activation_config(name: str, limit: float | None, num_experts: int, top_k: int,
@@ -145,15 +153,17 @@ def activation_config(name: str, limit: float | None, num_experts: int, top_k: i
 def compare_activate_quantize(glue: ModuleType, ref: ModuleType, device: torch.device | str,
                               config: MoEConfig, tokens: int, alignment: int,
                               fmt: ScaleFormat, seed: int = 0,
-                              max_flip_fraction: float = 0.0) -> None:
+                              max_flip_fraction: float = 0.0,
+                              expert_map: torch.Tensor | None = None) -> None:
     gen = torch.Generator().manual_seed(seed)
     inter, experts = config.intermediate_size, config.num_experts
     topk_ids = random_routing(tokens, config.top_k, experts, seed, device)
-    plan = ref.plan_permutation(topk_ids, None, experts, alignment)
+    local = experts if expert_map is None else int((expert_map >= 0).sum())
+    plan = ref.plan_permutation(topk_ids, expert_map, local, alignment)
     h = (torch.randn(plan.rows, 2 * inter, generator=gen) * 4).to(torch.bfloat16).to(device)
-    bias = (torch.randn(experts, 2 * inter, generator=gen)).to(device) if config.has_bias else None
-    q, s = glue.activate_quantize(h, plan.grouped_layout, bias, config, fmt)
-    q_ref, s_ref = ref.activate_quantize(h, plan.grouped_layout, bias, config, fmt)
+    bias = (torch.randn(local, 2 * inter, generator=gen)).to(device) if config.has_bias else None
+    q, s = glue.activate_quantize(h, plan, bias, config, fmt)
+    q_ref, s_ref = ref.activate_quantize(h, plan, bias, config, fmt)
     rows = (plan.grouped_layout >= 0).nonzero().flatten()
     assert_same_quantized(q, s, q_ref, s_ref, rows, fmt, inter // 128,
                           max_flip_fraction=max_flip_fraction)
@@ -209,6 +219,9 @@ def run_interpreted() -> None:
         compare_activate_quantize(glue_triton, glue_torch, cpu,
                                   activation_config("swigluoai", 7.0, 4, 2, 128, 256, True),
                                   5, 8, fmt)
+    compare_activate_quantize(glue_triton, glue_torch, cpu,
+                              activation_config("silu", None, 12, 4, 128, 128, True), 5, 8,
+                              ScaleFormat.UE8M0, expert_map=strided)
     compare_unpermute_reduce(glue_triton, glue_torch, cpu, 9, 4, 12, 1100, 16, strided,
                              True, True, torch.bfloat16)
     compare_unpermute_reduce(glue_triton, glue_torch, cpu, 9, 1, 12, 256, 16, None,
@@ -235,7 +248,7 @@ def run_pipeline_interpreted() -> None:
     deep_gemm.set_mk_alignment_for_contiguous_layout(8)  # few padding rows: interpreter time
     base = next(c for c in conformance_cases() if c.id == "w-mxfp4-a-fp8_dynamic_1x128_pow2")
     errors = check_case("deepgemm-mxfp4", Case("triton-glue", base.config, (0, 16)), "cpu")
-    assert len(deep_gemm.calls) == 2, "FC1 and FC2 of the run at M=16"
+    assert deep_gemm.calls and len(deep_gemm.calls) % 2 == 0, "FC1 and FC2 of every forward"
     print(f"pipeline with the Triton glue matches the reference: {errors}")
 
 

@@ -74,7 +74,7 @@ def test_activate_quantize_is_bias_activation_quantize_per_row(name: str,
     plan = glue_torch.plan_permutation(random_routing(6, 2, 4, 2, "cpu"), None, 4, 16)
     h = (torch.randn(plan.rows, 512, generator=gen) * 4).to(torch.bfloat16)
     bias = torch.randn(4, 512, generator=gen)
-    q, scales = glue_torch.activate_quantize(h, plan.grouped_layout, bias, config,
+    q, scales = glue_torch.activate_quantize(h, plan, bias, config,
                                              ScaleFormat.UE8M0)
     got = dequantize_fp8_per_token_group(q, scale_values(scales, ScaleFormat.UE8M0, 2))
     for row, expert in enumerate(plan.grouped_layout.tolist()):

@@ -62,8 +62,10 @@ def test_plan(glue_triton: ModuleType, tokens: int, expert_map: torch.Tensor | N
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("fmt", list(ScaleFormat))
 def test_quantize_permute(glue_triton: ModuleType, tokens: int, fmt: ScaleFormat) -> None:
+    # float32 (non power-of-two) scales: PyTorch's CUDA division is 1 ulp off at times.
+    slack = 2e-3 if fmt is ScaleFormat.FLOAT32 else 0.0  # measured: 7.5e-4 of values
     compare_quantize_permute(glue_triton, glue_torch, CUDA, tokens, TOP_K, EXPERTS, HIDDEN,
-                             ALIGNMENT, fmt, torch.bfloat16)
+                             ALIGNMENT, fmt, torch.bfloat16, max_flip_fraction=slack)
 
 
 def test_quantize_permute_router_weight_on_input(glue_triton: ModuleType) -> None:
@@ -77,6 +79,9 @@ def test_activate_quantize(glue_triton: ModuleType, name: str, limit: float | No
     # The GPU's exp is not the CPU's: a rare value may round one E4M3 step apart.
     compare_activate_quantize(glue_triton, glue_torch, CUDA, config, 1024, ALIGNMENT,
                               ScaleFormat.UE8M0, max_flip_fraction=1e-3)
+    compare_activate_quantize(glue_triton, glue_torch, CUDA, config, 64, ALIGNMENT,
+                              ScaleFormat.UE8M0, max_flip_fraction=1e-3,
+                              expert_map=EP_MAP.to(CUDA))
 
 
 @pytest.mark.parametrize("tokens", TOKENS)
@@ -102,7 +107,7 @@ def test_no_host_synchronisation(glue_triton: ModuleType, glue_name: str) -> Non
         plan = glue.plan_permutation(topk_ids, expert_map, 32, ALIGNMENT)
         glue.quantize_permute(x, plan, ScaleFormat.UE8M0)
         h = torch.empty(plan.rows, 2 * HIDDEN, device=CUDA, dtype=torch.bfloat16).normal_()
-        glue.activate_quantize(h, plan.grouped_layout, bias[:32], config, ScaleFormat.UE8M0)
+        glue.activate_quantize(h, plan, bias[:32], config, ScaleFormat.UE8M0)
         y = torch.empty(plan.rows, HIDDEN, device=CUDA, dtype=torch.bfloat16).normal_()
         glue.unpermute_reduce(y, plan, weights, None, torch.bfloat16)
     finally:

@@ -143,6 +143,7 @@ def test_jit_home_without_nvcc(cpu_as_sm100: None, fake_deep_gemm: object, tmp_p
 def test_jit_nvcc_too_old(cpu_as_sm100: None, fake_deep_gemm: object, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     home = make_toolkit(tmp_path / "cuda-12.4", release="12.4")
+    monkeypatch.delenv("CUDA_HOME", raising=False)  # it would win over CUDA_PATH
     monkeypatch.setenv("CUDA_PATH", str(home))
     assert reason() == ("DeepGEMM's JIT needs NVCC 12.8+ to build SM100 kernels, found 12.4 "
                         f"at {home / 'bin' / 'nvcc'}")
@@ -222,9 +223,33 @@ def test_forcing_by_environment_raises_the_sm90_reason(monkeypatch: pytest.Monke
         mxmoe.select_backend(CONFIG, CUDA)
 
 
+class _AnyDevice:
+    """A stand-in for whatever other backend is installed: supports everything."""
+
+    MXMOE_API_VERSION = 1
+
+    @staticmethod
+    @mxmoe.hookimpl
+    def supports_config(config: mxmoe.MoEConfig) -> mxmoe.Verdict:
+        return mxmoe.Verdict.yes(0)
+
+    @staticmethod
+    @mxmoe.hookimpl
+    def convert_weights(weights: mxmoe.ExpertWeights) -> mxmoe.ExpertWeights:
+        return weights
+
+    @staticmethod
+    @mxmoe.hookimpl
+    def apply(hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
 def test_automatic_selection_falls_back() -> None:
+    mxmoe.register_backend("any-device", _AnyDevice())
     chosen, _ = mxmoe.select_backend(CONFIG, CPU)
-    assert chosen.name != NAME
+    assert chosen.name == "any-device"
+    ours = next(r for r in mxmoe.explain(CONFIG, CPU) if r.name == NAME)
+    assert not ours.supported and ours.reason.endswith("found cpu")
 
 
 # -- imports -----------------------------------------------------------------------
