@@ -47,14 +47,6 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-16x128-w1-s3": Tiles(16, 16, 16, 128, 1, 3),
     "s16-32x128-w2-s2": Tiles(16, 32, 32, 128, 2, 2),
     "s16-32x64-w2-s4-k2": Tiles(16, 32, 32, 64, 2, 4, split_k=2),
-    # decode, the gemv kernel: rows per block x (GEMM1 channels, GEMM2 rows) x bytes
-    "g1-8x512-w4": Tiles(1, 8, 16, 512, 4, 2, kernel="gemv"),
-    "g1-16x256-w4": Tiles(1, 16, 32, 256, 4, 3, kernel="gemv"),
-    "g1-8x256-w2": Tiles(1, 8, 16, 256, 2, 3, kernel="gemv"),
-    "g2-8x512-w4": Tiles(2, 8, 16, 512, 4, 2, kernel="gemv"),
-    "g2-16x256-w4": Tiles(2, 16, 32, 256, 4, 3, kernel="gemv"),
-    "g4-8x512-w4": Tiles(4, 8, 16, 512, 4, 2, kernel="gemv"),
-    "g4-16x256-w4": Tiles(4, 16, 32, 256, 4, 3, kernel="gemv"),
     # prefill
     "b128-64x128-w4-s2": Tiles(128, 64, 64, 128, 4, 2),
     "b64-128x64-w8": Tiles(64, 128, 128, 64, 8, 3),

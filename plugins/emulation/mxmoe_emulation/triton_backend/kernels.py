@@ -55,8 +55,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "moe_gemv_kernel",
-           "sum_slots_kernel"]
+__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "sum_slots_kernel"]
 
 
 # -- routing: slots grouped by local expert -------------------------------------------
@@ -184,19 +183,6 @@ def _scales(ws, bias, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _fp4_scales(ws, SCALE_BIAS: tl.constexpr, DTYPE: tl.constexpr, ASM: tl.constexpr):
-    """E8M0 bytes -> the scale factors :func:`_fp4_weights` takes: biased bf16 for the
-    bf16 PTX decode, DTYPE for the fp16 one, float32 for the portable one."""
-    if ASM and DTYPE == tl.bfloat16:
-        scale = _scales(ws, SCALE_BIAS, DTYPE)
-    elif ASM:
-        scale = _scales(ws, 0, DTYPE)
-    else:
-        scale = _scales(ws, 0, tl.float32)
-    return scale
-
-
-@triton.jit
 def _e2m1_values(codes):
     """E2M1 codes (uint8, 0..15) -> float32, exactly, through float16 bit patterns:
     s|e1 e0|m becomes s|00 0 e1 e0|m 0..0, the value times 2**-14 (0.5 is subnormal)."""
@@ -213,18 +199,15 @@ def _decode_fp4(wq, ws, SCALE_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K
     decode: times 2**(SCALE_BIAS - 126))."""
     HALF: tl.constexpr = BLOCK_K // 2
     GROUPS: tl.constexpr = BLOCK_K // 64
-    scale = _fp4_scales(ws, SCALE_BIAS, DTYPE, ASM)
+    if ASM and DTYPE == tl.bfloat16:
+        scale = _scales(ws, SCALE_BIAS, DTYPE)
+    elif ASM:
+        scale = _scales(ws, 0, DTYPE)
+    else:
+        scale = _scales(ws, 0, tl.float32)
     s_lo, s_hi = scale.reshape(BLOCK_N, GROUPS, 2).split()
     s_lo = tl.broadcast_to(s_lo[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
     s_hi = tl.broadcast_to(s_hi[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
-    return _fp4_weights(wq, s_lo, s_hi, DTYPE, ASM)
-
-
-@triton.jit
-def _fp4_weights(wq, s_lo, s_hi, DTYPE: tl.constexpr, ASM: tl.constexpr):
-    """Split-nibble bytes and the scales of their low and high nibbles (each of wq's
-    shape, from :func:`_scales` as :func:`_decode_fp4` makes them) -> the low-nibble and
-    high-nibble weights in DTYPE."""
     if ASM:
         if DTYPE == tl.bfloat16:
             w_lo, w_hi = tl.inline_asm_elementwise(
@@ -442,125 +425,6 @@ def moe_gemm_kernel(
             if WEIGHT_ON_OUTPUT:
                 result = result * _along_m(route_w, SWAP)
         tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
-
-
-@triton.jit
-def moe_gemv_kernel(
-    a_ptr, stride_a,
-    w_ptr, stride_we, stride_wn,
-    s_ptr, stride_se, stride_sn,
-    bias_ptr, stride_be,
-    out_ptr, stride_out,
-    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
-    N, K, up_offset, acc_scale, alpha, beta, limit,
-    TOP_K: tl.constexpr, GATED: tl.constexpr, ROW_STEP: tl.constexpr,
-    ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
-    EPB: tl.constexpr, ASM: tl.constexpr, INTERPRET: tl.constexpr,
-    SCALE_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """The decode-size twin of :func:`moe_gemm_kernel` (same arguments and outputs, no
-    split K): one block of at most BLOCK_M (1..8) rows of one expert times BLOCK_N
-    output channels, with float32 FMAs instead of tensor cores, so no 16-row
-    activation tile is staged and no decoded weight tile is held: each thread loads
-    16 weight bytes of a row (one 16-byte load), decodes them, multiplies them with
-    the matching activations of every real row and keeps one float32 partial sum per
-    (token row, weight row, 16-byte chunk); the chunks are summed once after the K
-    loop. For GEMM1 the tile holds each channel's gate and up rows side by side, so
-    every w13 byte is read once and both sums come out of one loop.
-    """
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N, BLOCK_N)
-    blk = pid // n_tiles
-    rows = tl.load(block_rows_ptr + blk)
-    if rows == 0:
-        return
-    expert = tl.load(block_expert_ptr + blk).to(tl.int64)
-    offs_m = tl.arange(0, BLOCK_M)
-    m_mask = offs_m < rows
-    slots = tl.load(sorted_slots_ptr + blk * BLOCK_M + offs_m, mask=m_mask, other=0)
-    if GATHER_A:
-        a_rows = (slots // TOP_K).to(tl.int64)
-    else:
-        a_rows = slots.to(tl.int64)
-    route_w = tl.load(route_w_ptr + slots, mask=m_mask, other=0.0)
-
-    # weight rows of the tile: for GEMM1 the gate and the up row of each channel
-    NR: tl.constexpr = 2 * BLOCK_N if GATED else BLOCK_N
-    j = tl.arange(0, NR)
-    if GATED:
-        chan = (pid % n_tiles) * BLOCK_N + j // 2
-        w_rows = chan * ROW_STEP + (j % 2) * up_offset
-    else:
-        chan = (pid % n_tiles) * BLOCK_N + j
-        w_rows = chan
-    row_ok = chan < N
-    w_rows = w_rows.to(tl.int64)
-    # each row's BLOCK_K // EPB bytes per step as CH chunks of 16; chunk c holds (for
-    # MXFP4, in low nibbles) K elements k_off[c, :] of MX block s_off[c] (the high
-    # nibbles: 32 elements and one block later, see layout.py)
-    CH: tl.constexpr = BLOCK_K // (16 * EPB)
-    c = tl.arange(0, CH)
-    i = tl.arange(0, 16)
-    if EPB == 2:
-        k_first = (c // 2) * 64 + (c % 2) * 16
-        s_off = (c // 2) * 2
-    else:
-        k_first = c * 16
-        s_off = c // 2
-    k_off = k_first[:, None] + i[None, :]
-    w_ptrs = (w_ptr + expert * stride_we + w_rows[:, None, None] * stride_wn
-              + (c[:, None] * 16 + i[None, :])[None, :, :])
-    s_ptrs = s_ptr + expert * stride_se + w_rows[:, None] * stride_sn + s_off[None, :]
-    a_ptrs = a_ptr + a_rows[:, None, None, None] * stride_a + k_off[None, None, :, :]
-
-    acc = tl.zeros([BLOCK_M, NR, CH], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = (k0 + k_off) < K
-        wq = tl.load(w_ptrs, mask=row_ok[:, None, None] & k_ok[None, :, :], other=0)
-        s_mask = row_ok[:, None] & ((k0 + k_first) < K)[None, :]
-        a_mask = m_mask[:, None, None, None] & k_ok[None, None, :, :]
-        a_lo = tl.load(a_ptrs, mask=a_mask, other=0.0)
-        if WEIGHT_ON_INPUT:
-            a_lo = _round(a_lo.to(tl.float32) * route_w[:, None, None, None], a_lo.dtype,
-                          INTERPRET)
-        if EPB == 2:
-            s_lo = _fp4_scales(tl.load(s_ptrs, mask=s_mask, other=0), SCALE_BIAS, a_lo.dtype, ASM)
-            s_hi = _fp4_scales(tl.load(s_ptrs + 1, mask=s_mask, other=0), SCALE_BIAS, a_lo.dtype,
-                               ASM)
-            w_lo, w_hi = _fp4_weights(wq, tl.broadcast_to(s_lo[:, :, None], (NR, CH, 16)),
-                                      tl.broadcast_to(s_hi[:, :, None], (NR, CH, 16)),
-                                      a_lo.dtype, ASM)
-            a_hi = tl.load(a_ptrs + 32, mask=a_mask, other=0.0)
-            if WEIGHT_ON_INPUT:
-                a_hi = _round(a_hi.to(tl.float32) * route_w[:, None, None, None], a_hi.dtype,
-                              INTERPRET)
-            prod = (w_lo.to(tl.float32)[None, :, :, :] * a_lo.to(tl.float32)
-                    + w_hi.to(tl.float32)[None, :, :, :] * a_hi.to(tl.float32))
-        else:
-            ws = _scales(tl.load(s_ptrs, mask=s_mask, other=0), 0, tl.float32)
-            w = wq.to(tl.float8e4nv, bitcast=True).to(tl.float32) * ws[:, :, None]
-            prod = w[None, :, :, :] * a_lo.to(tl.float32)
-        acc += tl.sum(prod, axis=3)
-        w_ptrs += BLOCK_K // EPB
-        s_ptrs += BLOCK_K // 32
-        a_ptrs += BLOCK_K
-
-    total = tl.sum(acc, axis=2) * acc_scale  # [BLOCK_M, NR]
-    if HAS_BIAS:
-        total += tl.load(bias_ptr + expert * stride_be + w_rows, mask=row_ok, other=0.0)[None, :]
-    offs_n = (pid % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-    out_mask = m_mask[:, None] & (offs_n < N)[None, :]
-    out_ptrs = out_ptr + slots.to(tl.int64)[:, None] * stride_out + offs_n[None, :]
-    if GATED:
-        gate, up = total.reshape(BLOCK_M, BLOCK_N, 2).split()
-        result = _activate(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
-    else:
-        result = total
-        if WEIGHT_ON_OUTPUT:
-            result = result * route_w[:, None]
-    tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
 
 
 @triton.jit

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .kernels import (activation_kernel, align_kernel, moe_gemm_kernel, moe_gemv_kernel,
-                      sum_slots_kernel)
+from .kernels import activation_kernel, align_kernel, moe_gemm_kernel, sum_slots_kernel
 from .layout import LayerMath, TritonWeights
 from .probe import interpreting
 from .tiles import Tiles, tiles_for
@@ -85,32 +84,23 @@ class _Launcher:
         fp4 = math.weight_format == "mxfp4"
         row_stride = out.stride(-2)
         grid = (block_expert.numel() * triton.cdiv(n, block_n) * split,)
-        operands = (
+        moe_gemm_kernel[grid](
             a, a.stride(0),
             wq, wq.stride(0), wq.stride(1),
             scale, scale.stride(0), scale.stride(1),
             wq if bias is None else bias, 0 if bias is None else bias.stride(0),
-            out, row_stride,
-        )
-        routing = (
+            out, row_stride, out.stride(0) if split > 1 else 0,
             sorted_slots, block_expert, block_rows, self.route_w,
             n, k, (1 if interleaved else n) if gated else 0, acc_scale,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
-        )
-        constants = dict(
             TOP_K=self.top_k, GATED=gated, ROW_STEP=2 if interleaved else 1,
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
             HAS_BIAS=bias is not None, WEIGHT_ON_INPUT=gated and math.weight_on_input,
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
-            EPB=2 if fp4 else 1, ASM=self.asm, INTERPRET=interpreting(),
-            SCALE_BIAS=scale_bias, BLOCK_M=tiles.block_m, BLOCK_N=block_n,
-            BLOCK_K=tiles.block_k, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=interpreting(),
+            SCALE_BIAS=scale_bias, SPLIT_K=split, BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )
-        if tiles.kernel == "gemv":
-            moe_gemv_kernel[grid](*operands, *routing, **constants)
-        else:
-            moe_gemm_kernel[grid](*operands, out.stride(0) if split > 1 else 0, *routing,
-                                  SWAP=tiles.swap, SPLIT_K=split, **constants)
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:
         """GEMM1's epilogue after a split K."""

@@ -30,10 +30,7 @@ class Tiles:
     on NVIDIA GPUs) or "manual" (portable Triton operations, used elsewhere), see
     :mod:`.kernels`; ``swap``: weights as the left operand; ``split_k``: slices of K
     computed by separate programs and summed in a fixed order afterwards (more
-    programs in flight when few blocks exist, at decode sizes); ``kernel``: "mma"
-    (:func:`.kernels.moe_gemm_kernel`, tensor cores) or "gemv"
-    (:func:`.kernels.moe_gemv_kernel`, float32 FMAs over blocks of 1..8 rows, for
-    decode sizes; no split K, no swap).
+    programs in flight when few blocks exist, at decode sizes).
     """
 
     block_m: int
@@ -45,20 +42,12 @@ class Tiles:
     decode: str = "asm"
     swap: bool = True
     split_k: int = 1
-    kernel: str = "mma"
 
     def __post_init__(self) -> None:
-        if self.kernel not in ("mma", "gemv"):
-            raise ValueError(f"kernel: expected 'mma' or 'gemv', got {self.kernel!r}")
-        gemv = self.kernel == "gemv"
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
             value = getattr(self, name)
-            least = 1 if gemv and name != "block_k" else 16
-            if value < least or value & (value - 1):
-                raise ValueError(f"{name}: expected a power of two >= {least}, got {value}")
-        if gemv and (self.block_m > 8 or self.split_k != 1):
-            raise ValueError(f"the gemv kernel takes block_m <= 8 and split_k 1, got "
-                             f"{self.block_m} and {self.split_k}")
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name}: expected a power of two >= 16, got {value}")
         if self.block_k % 64:
             raise ValueError(f"block_k: expected a multiple of 64, got {self.block_k}")
         if not 1 <= self.split_k <= 16:
