@@ -13,9 +13,10 @@ Each step is one pass over memory with no host synchronisation:
   worst-case workspace's padding rows not at all;
 * the reduction reads each token's FC2 rows and writes the token once.
 
-Rounding is explicit where the Triton interpreter's casts differ from the GPU's
-(E4M3 rounding by bit arithmetic; divisions with ``div_rn``), so the interpreter
-checks the same arithmetic the GPU runs.
+Rounding is explicit where the Triton interpreter's casts or the GPU's default division
+would differ from the reference (E4M3 rounding by bit arithmetic; float32 scales
+divided with ``div_rn``, power-of-two ones multiplied by their exact reciprocal), so
+the interpreter checks the same arithmetic the GPU runs.
 """
 
 from __future__ import annotations
@@ -160,23 +161,23 @@ def _and_nonnegative(mask, key):
 
 
 @triton.jit
-def _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, key, width,
+def _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, width,
                      num_groups, scale_stride, SCALE_FORMAT: tl.constexpr):
-    """Store one tile's E4M3 values in row ``row`` and its 4 scales in ``SCALE_FORMAT``,
-    if ``key`` (the row, or its expert) is not negative."""
+    """Store one tile's E4M3 values in row ``row`` and its 4 scales in ``SCALE_FORMAT``;
+    nothing for row -1 (a slot of another rank)."""
     row64 = row.to(tl.int64)
     tl.store(q_ptr + row64 * width + col, q.to(tl.float8e4nv),
-             mask=_and_nonnegative(col_ok, key))
+             mask=_and_nonnegative(col_ok, row))
     group = chunk * 4 + tl.arange(0, 4)
     if SCALE_FORMAT == 2:  # UE8M0 bytes, packed 4 per int32, MN-major
         byte = tl.where(group < num_groups, (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF, 0)
         word = tl.reduce(byte << (tl.arange(0, 4) * 8), 0, _bit_or)
         first = tl.arange(0, 1)  # a one-element tensor: masks stay tensors
         tl.store(s_ptr + chunk.to(tl.int64) * scale_stride + row64 + first,
-                 word + tl.zeros([1], tl.int32), mask=_and_nonnegative(first == 0, key))
+                 word + tl.zeros([1], tl.int32), mask=_and_nonnegative(first == 0, row))
     else:  # float32 [rows, groups]
         tl.store(s_ptr + row64 * num_groups + group, scale,
-                 mask=_and_nonnegative(group < num_groups, key))
+                 mask=_and_nonnegative(group < num_groups, row))
 
 
 @triton.jit
@@ -199,7 +200,7 @@ def _quantize_permute_kernel(x_ptr, in_w_ptr, slot_row_ptr, q_ptr, s_ptr, hidden
     q, scale = _quantize_tile(x, SCALE_FORMAT != 0)
     for slot in tl.static_range(TOP_K):
         row = tl.load(slot_row_ptr + token * TOP_K + slot)
-        _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, row, hidden,
+        _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, hidden,
                          num_groups, scale_stride, SCALE_FORMAT)
 
 
@@ -282,7 +283,7 @@ def _activate_quantize_kernel(h_ptr, slot_row_ptr, slot_expert_ptr, bias_ptr, q_
             up += tl.load(bias + up_col, mask=col_ok, other=0.0)
         out = _activation(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
         q, scale = _quantize_tile(out, SCALE_FORMAT != 0)
-        _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, expert, inter,
+        _store_quantized(q_ptr, s_ptr, row, chunk, q, scale, col, col_ok, inter,
                          num_groups, scale_stride, SCALE_FORMAT)
 
 
