@@ -30,7 +30,7 @@ TORCH = os.environ.get("MXMOE_TEST_TORCH", "torch==2.13.0")
 PLUGINS = {  # leg name -> (plugin dir, pip extras to install with it)
     "emulation": ("plugins/emulation", "[triton,test]"),
     "rocm_aiter": ("plugins/rocm_aiter", "[test]"),
-    "cuda_deepgemm": ("plugins/cuda_deepgemm", "[test]"),
+    "cuda_deepgemm": ("plugins/cuda_deepgemm", "[triton,test]"),
 }
 EXAMPLE = "examples/mxmoe-example-backend"
 
