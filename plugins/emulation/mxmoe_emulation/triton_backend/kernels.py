@@ -245,14 +245,14 @@ def _mma(w, a, acc, SWAP: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, s_ptrs, w_mask, s_mask, SCALE_BIAS: tl.constexpr,
+def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, ws, w_mask, SCALE_BIAS: tl.constexpr,
                      EPB: tl.constexpr,
                      ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + the activations times one MX weight tile (a_lo: the tile's K columns, or
-    for MXFP4 the low-nibble columns with a_hi the high-nibble ones)."""
+    """acc + the activations times one MX weight tile whose scale bytes are ``ws`` (a_lo:
+    the tile's K columns, or for MXFP4 the low-nibble columns with a_hi the high-nibble
+    ones)."""
     wq = tl.load(w_ptrs, mask=w_mask, other=0)
-    ws = tl.load(s_ptrs, mask=s_mask, other=0)
     if EPB == 2:
         w_lo, w_hi = _decode_fp4(wq, ws, SCALE_BIAS, BLOCK_N, BLOCK_K, a_lo.dtype, ASM)
         acc = _mma(w_lo, a_lo, acc, SWAP, INTERPRET)
@@ -380,6 +380,14 @@ def moe_gemm_kernel(
     else:
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros_like(acc_g)
+    # The scale tiles are loaded one K step ahead into registers: Triton's pipeliner
+    # stages the weight and activation tiles through shared memory but leaves these
+    # small loads in the loop, where each step would wait a full global-memory latency.
+    s_mask = n_mask[:, None] & ((k_start // 32 + offs_ws) < k_end // 32)[None, :]
+    ws_g = tl.load(sg_ptrs, mask=s_mask, other=0)
+    ws_u = ws_g
+    if GATED:
+        ws_u = tl.load(su_ptrs, mask=s_mask, other=0)
     for k0 in range(k_start, k_end, BLOCK_K):
         a_mask = m_mask[:, None] & ((k0 + a_cols) < k_end)[None, :]
         a_lo = tl.load(a_ptrs, mask=a_mask, other=0.0)
@@ -391,17 +399,23 @@ def moe_gemm_kernel(
             a_lo = _round(a_lo.to(tl.float32) * route_w[:, None], a_lo.dtype, INTERPRET)
             a_hi = _round(a_hi.to(tl.float32) * route_w[:, None], a_hi.dtype, INTERPRET)
         w_mask = n_mask[:, None] & ((k0 // EPB + offs_wb) < k_end // EPB)[None, :]
-        s_mask = n_mask[:, None] & ((k0 // 32 + offs_ws) < k_end // 32)[None, :]
-        acc_g = _mx_tile_product(acc_g, a_lo, a_hi, wg_ptrs, sg_ptrs, w_mask, s_mask, SCALE_BIAS,
+        sg_ptrs += BLOCK_K // 32
+        su_ptrs += BLOCK_K // 32
+        s_mask = n_mask[:, None] & ((k0 // 32 + BLOCK_K // 32 + offs_ws) < k_end // 32)[None, :]
+        ws_g_next = tl.load(sg_ptrs, mask=s_mask, other=0)
+        ws_u_next = ws_g_next
+        if GATED:
+            ws_u_next = tl.load(su_ptrs, mask=s_mask, other=0)
+        acc_g = _mx_tile_product(acc_g, a_lo, a_hi, wg_ptrs, ws_g, w_mask, SCALE_BIAS,
                                  EPB, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         if GATED:
-            acc_u = _mx_tile_product(acc_u, a_lo, a_hi, wu_ptrs, su_ptrs, w_mask, s_mask,
+            acc_u = _mx_tile_product(acc_u, a_lo, a_hi, wu_ptrs, ws_u, w_mask,
                                      SCALE_BIAS, EPB, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+        ws_g = ws_g_next
+        ws_u = ws_u_next
         a_ptrs += BLOCK_K
         wg_ptrs += W_BYTES
-        sg_ptrs += BLOCK_K // 32
         wu_ptrs += W_BYTES
-        su_ptrs += BLOCK_K // 32
 
     acc_g = acc_g * acc_scale
     acc_u = acc_u * acc_scale
