@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from .config import ActivationFormat
+
 __all__ = [
     "ElementFormat",
     "FP8_E4M3_MAX",
@@ -335,8 +337,6 @@ def fake_quantize_activation(
     Returns float32 values that are exactly what a backend computing with that
     format feeds its tensor cores (times the scales). "bf16" returns ``x`` unchanged.
     """
-    from .config import ActivationFormat  # local: config imports nothing from here
-
     fmt = ActivationFormat.parse(activation_format, "activation_format")
     if fmt is ActivationFormat.BF16:
         return x
