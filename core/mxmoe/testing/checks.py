@@ -17,9 +17,10 @@ from ..config import MoEConfig
 from ..layer import FusedMoE
 from ..reference import reference_moe, relative_error, tolerance
 from ..registry import get_registry
+from ..routing import route
 from ..selection import probe
 from ..verdict import Verdict
-from ..weights import ExpertWeights, random_weights
+from ..weights import ExpertWeights, pad_weights, random_weights
 from .cases import Case
 
 __all__ = [
@@ -118,8 +119,7 @@ def check_case(backend: str, case: Case, device: torch.device | str, *,
                                        f"expected {(m, config.hidden_size)} {config.dtype}")
             if m == 0:
                 break
-            ref = reference_moe(config, weights, x.cpu(), logits.cpu(),
-                                None if bias is None else bias)
+            ref = reference_moe(config, weights, x.cpu(), logits.cpu(), bias)
             out_cpu = out.cpu()
             if not torch.isfinite(out_cpu).all():
                 bad = (~torch.isfinite(out_cpu)).any(dim=1).nonzero().flatten().tolist()
@@ -211,8 +211,6 @@ def _same(a: Any, b: Any, path: str = "converted") -> str | None:
 def _padded_checkpoint(backend: str, config: MoEConfig, device: torch.device,
                        seed: int) -> ExpertWeights:
     """Checkpoint weights padded the way the layer pads them for this backend."""
-    from ..weights import pad_weights
-
     verdict = probe(get_registry().backends[backend], config, device)
     h, i = verdict.padded_sizes(config)
     return pad_weights(config, random_weights(config, seed=seed), h, i).to(device)
@@ -242,8 +240,6 @@ def check_apply_leaves_inputs(backend: str, config: MoEConfig, device: torch.dev
     weights = random_weights(config, seed=seed)
     x, logits, bias = _inputs(config, tokens, seed, device)
     layer = build_layer(backend, config, device, weights.to(device), bias)
-    from ..routing import route
-
     topk_weights, topk_ids = route(logits, config, bias)
     if layer.routes_internally:
         topk_weights = topk_ids = None

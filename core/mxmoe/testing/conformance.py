@@ -19,6 +19,7 @@ import torch
 
 from ..registry import get_registry
 from ..selection import probe
+from ..verdict import Verdict
 from .cases import Case, conformance_cases
 from .checks import (
     check_apply_leaves_inputs,
@@ -53,21 +54,22 @@ class BackendConformance:
             why = f"it failed to load: {failure.error}" if failure else "it is not installed"
             pytest.fail(f"backend {self.backend!r} is not registered: {why}")
 
+    def _verdict(self, case: Case) -> Verdict:
+        return probe(get_registry().backends[self.backend], case.config,
+                     torch.device(self.device))
+
     def _runnable(self, case: Case) -> None:
         self._registered()
         if not self.supports_case(case):
             pytest.skip(f"{type(self).__name__}.supports_case leaves out {case.id}")
-        verdict = probe(get_registry().backends[self.backend], case.config,
-                        torch.device(self.device))
+        verdict = self._verdict(case)
         if not verdict.supported:
             pytest.skip(f"{self.backend} reports unsupported: {verdict.reason}")
 
     def _first_supported(self) -> Case:
         self._registered()
         for case in _CASES:
-            verdict = probe(get_registry().backends[self.backend], case.config,
-                            torch.device(self.device))
-            if self.supports_case(case) and verdict.supported:
+            if self.supports_case(case) and self._verdict(case).supported:
                 return case
         pytest.skip(f"{self.backend} supports no conformance case on {self.device}")
 
