@@ -12,10 +12,10 @@ import dataclasses
 
 import torch
 
-from .config import MX_BLOCK, MoEConfig, WeightFormat
+from .config import MoEConfig
 from .routing import route
 from .selection import _as_device, select_backend
-from .weights import ExpertWeights, pad_weights, validate_weights
+from .weights import ExpertWeights, pad_weights, validate_weights, weight_layout
 
 __all__ = ["FusedMoE"]
 
@@ -57,21 +57,13 @@ class FusedMoE(torch.nn.Module):
         """Uninitialised checkpoint-layout tensors at the backend's padded sizes."""
         c, dev = self.config, self.device
         e, h, i = c.num_local_experts, self.hidden_size_padded, self.intermediate_size_padded
-        per_byte = c.weight_format.elements_per_byte
-        wdtype = torch.uint8 if c.weight_format is WeightFormat.MXFP4 else torch.float8_e4m3fn
-
-        def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-            return torch.empty(shape, dtype=dtype, device=dev)
-
-        weights = ExpertWeights(
-            w13=empty((e, 2 * i, h // per_byte), wdtype),
-            w13_scale=empty((e, 2 * i, h // MX_BLOCK), torch.uint8),
-            w2=empty((e, h, i // per_byte), wdtype),
-            w2_scale=empty((e, h, i // MX_BLOCK), torch.uint8),
-        )
+        weights = ExpertWeights(**{
+            name: torch.empty(shape, dtype=dtype, device=dev)
+            for name, (dtype, shape) in weight_layout(c, h, i).items()
+        })
         if c.has_bias:
-            weights.w13_bias = empty((e, 2 * i), c.dtype)
-            weights.w2_bias = empty((e, h), c.dtype)
+            weights.w13_bias = torch.empty((e, 2 * i), dtype=c.dtype, device=dev)
+            weights.w2_bias = torch.empty((e, h), dtype=c.dtype, device=dev)
         return weights
 
     def load_weights(

@@ -30,7 +30,7 @@ import torch
 from .config import MX_BLOCK, MoEConfig, WeightFormat
 from .formats import quantize_mx
 
-__all__ = ["ExpertWeights", "pad_weights", "random_weights", "validate_weights"]
+__all__ = ["ExpertWeights", "pad_weights", "random_weights", "validate_weights", "weight_layout"]
 
 
 @dataclasses.dataclass
@@ -83,6 +83,21 @@ def _expect(name: str, t: object, dtype: torch.dtype | tuple[torch.dtype, ...],
 _FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
+def weight_layout(config: MoEConfig, hidden_size: int, intermediate_size: int
+                  ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """{name: (dtype, shape)} of w13, w13_scale, w2 and w2_scale for ``config``'s local
+    experts at the given (possibly padded) sizes: the table above, in one place."""
+    e, h, i = config.num_local_experts, hidden_size, intermediate_size
+    per_byte = config.weight_format.elements_per_byte
+    wdtype = torch.uint8 if config.weight_format is WeightFormat.MXFP4 else torch.float8_e4m3fn
+    return {
+        "w13": (wdtype, (e, 2 * i, h // per_byte)),
+        "w13_scale": (torch.uint8, (e, 2 * i, h // MX_BLOCK)),
+        "w2": (wdtype, (e, h, i // per_byte)),
+        "w2_scale": (torch.uint8, (e, h, i // MX_BLOCK)),
+    }
+
+
 def validate_weights(
     config: MoEConfig,
     weights: ExpertWeights,
@@ -96,12 +111,8 @@ def validate_weights(
     e = config.num_local_experts
     h = hidden_size or config.hidden_size
     i = intermediate_size or config.intermediate_size
-    per_byte = config.weight_format.elements_per_byte
-    wdtype = torch.uint8 if config.weight_format is WeightFormat.MXFP4 else torch.float8_e4m3fn
-    _expect("w13", weights.w13, wdtype, (e, 2 * i, h // per_byte), device)
-    _expect("w13_scale", weights.w13_scale, torch.uint8, (e, 2 * i, h // MX_BLOCK), device)
-    _expect("w2", weights.w2, wdtype, (e, h, i // per_byte), device)
-    _expect("w2_scale", weights.w2_scale, torch.uint8, (e, h, i // MX_BLOCK), device)
+    for name, (dtype, shape) in weight_layout(config, h, i).items():
+        _expect(name, getattr(weights, name), dtype, shape, device)
     for name, shape in (("w13_bias", (e, 2 * i)), ("w2_bias", (e, h))):
         bias = getattr(weights, name)
         if config.has_bias and bias is None:
