@@ -2,9 +2,10 @@
 
 It calls ``aiter.fused_moe`` with per-1x32 quantization, which aiter serves with its
 FlyDSL two-stage grouped GEMM: aiter quantizes the activations to MXFP8 itself (E4M3
-with an E8M0 scale per 32, rounded up: RCEIL, ``mxfp8_dynamic_rceil``), runs GEMM1 with its clamped SwiGLU fused (aiter's
-``Swiglu``: ``min(g, L) * sigmoid(1.702 * min(g, L)) * (clamp(u, -L, L) + 1)``, the
-gate/up rows in 16-row blocks, ``GateMode.INTERLEAVE``), re-quantizes, runs GEMM2 and
+with an E8M0 scale per 32, rounded up: RCEIL, ``mxfp8_dynamic_rceil``), runs GEMM1
+with its clamped SwiGLU fused (aiter's ``Swiglu``:
+``min(g, L) * sigmoid(1.702 * min(g, L)) * (clamp(u, -L, L) + 1)``, the gate/up rows
+in 16-row blocks, ``GateMode.INTERLEAVE``), re-quantizes, runs GEMM2 and
 sums each token's experts weighted by its float32 router weights. Routing is the
 core's (any method); token ids are int32 global expert ids.
 
