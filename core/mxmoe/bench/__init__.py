@@ -16,12 +16,14 @@ a message saying how to install it or plot later with ``--plot-from``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
 
 from ..config import PRESETS
 from .peers import IMPL_NAMES
+from .runner import Options
 
 __all__ = ["add_arguments", "run"]
 
@@ -29,6 +31,10 @@ GPU_PRESETS = ("gpt-oss-120b", "gpt-oss-20b")
 GPU_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 CPU_PRESETS = ("gpt-oss-mini",)
 CPU_TOKENS = (1, 4, 16)
+
+#: The flags' defaults are the :class:`Options` defaults, stated once there.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Options)
+             if f.default is not dataclasses.MISSING}
 
 
 def _names(choices: tuple[str, ...], what: str):
@@ -86,29 +92,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure nothing: print and --plot a record written by --json")
     parser.add_argument("--device", default=None,
                         help="torch device (default: the GPU if there is one, else cpu)")
-    parser.add_argument("--repeats", type=_positive(int), default=50,
-                        help="timed runs per row, median reported (default 50)")
-    parser.add_argument("--warmup", type=int, default=10,
-                        help="untimed runs before timing (default 10)")
-    parser.add_argument("--input-sets", type=_positive(int), default=8,
+    parser.add_argument("--repeats", type=_positive(int), default=_DEFAULTS["repeats"],
+                        help="timed runs per row, median reported "
+                             f"(default {_DEFAULTS['repeats']})")
+    parser.add_argument("--warmup", type=int, default=_DEFAULTS["warmup"],
+                        help=f"untimed runs before timing (default {_DEFAULTS['warmup']})")
+    parser.add_argument("--input-sets", type=_positive(int), default=_DEFAULTS["input_sets"],
                         help="input sets rotated between runs, so decode sizes are not "
-                             "timed from a warm cache (default 8)")
-    parser.add_argument("--row-budget-s", type=_positive(float), default=2.0,
+                             f"timed from a warm cache (default {_DEFAULTS['input_sets']})")
+    parser.add_argument("--row-budget-s", type=_positive(float),
+                        default=_DEFAULTS["row_budget_s"],
                         help="seconds one timing may take; a slower implementation gets "
                              "fewer runs (at least 5; the row's 'runs' says how many)")
-    parser.add_argument("--check-max-m", type=int, default=64,
-                        help="check outputs against the float64 reference up to this M (default 64)")
-    parser.add_argument("--graph-max-m", type=int, default=64,
-                        help="also time CUDA-graph replays up to this M (default 64)")
+    parser.add_argument("--check-max-m", type=int, default=_DEFAULTS["check_max_m"],
+                        help="check outputs against the float64 reference up to this M "
+                             f"(default {_DEFAULTS['check_max_m']})")
+    parser.add_argument("--graph-max-m", type=int, default=_DEFAULTS["graph_max_m"],
+                        help="also time CUDA-graph replays up to this M "
+                             f"(default {_DEFAULTS['graph_max_m']})")
     parser.add_argument("--graph-impls", type=_names(IMPL_NAMES, "implementation"),
-                        default=("triton", "torch-grouped-mm-bf16"),
+                        default=_DEFAULTS["graph_impls"],
                         help="implementations whose forward is captured in a CUDA graph "
-                             "(default: triton,torch-grouped-mm-bf16)")
+                             f"(default: {','.join(_DEFAULTS['graph_impls'])})")
     parser.add_argument("--hbm-gib", type=_positive(float), default=None,
                         help="size of the bandwidth-ceiling tensor (default 4 GiB on a GPU, 1/16 on the CPU)")
     parser.add_argument("--matmul-n", type=_positive(int), default=None,
                         help="size of the BF16-ceiling product (default 8192 on a GPU, 256 on the CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"],
+                        help="seed of weights and inputs")
 
 
 def _device(text: str | None) -> torch.device:
@@ -125,9 +136,7 @@ def _device(text: str | None) -> torch.device:
     return device
 
 
-def _options(args: argparse.Namespace):
-    from .runner import Options
-
+def _options(args: argparse.Namespace) -> Options:
     device = _device(args.device)
     gpu = device.type == "cuda"
     return Options(
