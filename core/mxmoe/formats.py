@@ -307,6 +307,8 @@ def dequantize_fp8_per_token_group(
     *, group_size: int = 128,
 ) -> torch.Tensor:
     """Inverse of :func:`quantize_fp8_per_token_group` (same ``group_size``)."""
+    if not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
     k = q.shape[-1]
     expected = (*q.shape[:-1], -(-k // group_size))
     if tuple(scales.shape) != expected:

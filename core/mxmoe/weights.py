@@ -27,7 +27,7 @@ import dataclasses
 
 import torch
 
-from .config import MX_BLOCK, MoEConfig, WeightFormat
+from .config import MX_BLOCK, ActivationFormat, MoEConfig, WeightFormat
 from .formats import quantize_mx
 
 __all__ = ["ExpertWeights", "pad_weights", "random_weights", "validate_weights", "weight_layout"]
@@ -121,7 +121,7 @@ def validate_weights(
             raise ValueError(f"{name}: given, but the config has has_bias=False")
         if bias is not None:
             _expect(name, bias, _FLOAT_DTYPES, shape, device)
-    static = config.activation_format.value == "fp8_static"
+    static = config.activation_format is ActivationFormat.FP8_STATIC
     for name in ("w13_input_scale", "w2_input_scale"):
         scale = getattr(weights, name)
         if static and scale is None:
@@ -226,7 +226,7 @@ def random_weights(
     if config.has_bias:
         weights.w13_bias = (torch.randn(e, 2 * i, generator=gen) * 0.1).to(config.dtype).to(device)
         weights.w2_bias = (torch.randn(e, h, generator=gen) * 0.1).to(config.dtype).to(device)
-    if config.activation_format.value == "fp8_static":
+    if config.activation_format is ActivationFormat.FP8_STATIC:
         # inputs ~N(0,1): |x| rarely exceeds 5; scale maps that range onto E4M3's 448
         weights.w13_input_scale = torch.tensor(5.0 / 448, device=device)
         weights.w2_input_scale = torch.tensor(8.0 / 448, device=device)
