@@ -304,6 +304,18 @@ def test_forced_on_an_unusable_device_gives_the_probe_reason() -> None:
             FusedMoE(GPT_OSS_SMALL, backend=BACKEND, device="cuda")
 
 
+def test_a_failing_device_query_is_a_no_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mxmoe_emulation import torch_backend
+
+    def broken(device: torch.device) -> str | None:
+        raise RuntimeError("driver gone")
+
+    monkeypatch.setattr(torch_backend, "_device_problem", broken)
+    verdict = torch_backend.supports_config(GPT_OSS_SMALL, CPU)
+    assert not verdict.supported
+    assert "RuntimeError: driver gone" in verdict.reason
+
+
 def test_non_contiguous_inputs_are_accepted(dequant_mode: str) -> None:
     layer = _forced_layer()
     c = layer.config

@@ -2,8 +2,9 @@
 
 It is the always-available fallback (priority 0, the lowest) and the second opinion
 next to :mod:`mxmoe.reference`: MXFP4 / MXFP8 weights; bf16, fp16 and float32
-activations; static FP8, dynamic FP8 1x128 and dynamic MXFP8 activations emulated by
-quantize-dequantize with :mod:`mxmoe.formats`; every activation
+activations; static FP8, dynamic FP8 1x128 (float32 or power-of-two scales) and
+dynamic MXFP8 (OCP floor or RCEIL scales) activations emulated by quantize-dequantize
+with :mod:`mxmoe.formats`; every activation
 (:func:`mxmoe.activations.apply_activation`); biases; router weights on the input
 or the output; and an expert map (only local experts are computed).
 
@@ -49,8 +50,12 @@ def _device_problem(device: torch.device) -> str | None:
 
 @hookimpl
 def supports_config(config: MoEConfig, device: torch.device) -> Verdict:
-    """Every config mxmoe can express, on any device PyTorch can compute on."""
-    problem = _device_problem(device)
+    """Every config mxmoe can express, on any device PyTorch can compute on; never
+    raises (a failing device query is the reason)."""
+    try:
+        problem = _device_problem(torch.device(device))
+    except Exception as exc:  # noqa: BLE001 - a probe fails closed
+        return Verdict.no(f"probe failed because {type(exc).__name__}: {exc}")
     if problem is not None:
         return Verdict.no(problem)
     return Verdict.yes(PRIORITY)

@@ -17,23 +17,26 @@ graph:
 4. each token's top-k slot rows summed in a fixed order (deterministic).
 
 Weight layout (what ``convert_weights`` returns, :class:`.layout.TritonWeights`): the
-checkpoint layout itself, because the kernels load weight tiles as output rows with
-the reduction dimension contiguous, which is how the checkpoint stores them:
+checkpoint's bytes, still packed, with the reduction dimension contiguous as the
+checkpoint stores it, because the kernels load weight tiles as output rows:
 
 =============  ===========================================  ======================
 tensor         MXFP4                                        MXFP8
 =============  ===========================================  ======================
 ``w13``        uint8 [E, 2I, H/2], two E2M1 codes per byte  uint8 [E, 2I, H] (E4M3
-               (element 2i in the low nibble)               bytes viewed as uint8)
-``w13_scale``  uint8 E8M0 [E, 2I, H/32]                     same
-``w2``         uint8 [E, H, I/2]                            uint8 [E, H, I]
-``w2_scale``   uint8 E8M0 [E, H, I/32]                      same
+               in split-nibble order (byte j of each 32:    bytes viewed as uint8)
+               elements j and 32 + j)
+``w13_scale``  uint8 E8M0 [E, 2I, ceil16(H/32)] (rows       same
+               padded with zeros to 16 bytes)
+``w2``         uint8 [E, H, I/2], split nibbles             uint8 [E, H, I]
+``w2_scale``   uint8 E8M0 [E, H, ceil16(I/32)]              same
 biases         float32 [E, 2I] and [E, H]                   same
 =============  ===========================================  ======================
 
 w13's gate/up rows stay as the checkpoint orders them (interleaved for swigluoai,
 halves otherwise): GEMM1 reads a tile's gate rows and up rows as two strided row
-sets. H and I are padded only to the MX block (32); partial tiles are masked.
+sets. H and I are padded to 64 for MXFP4 (split nibbles pair MX blocks) and to the
+MX block (32) for MXFP8; partial tiles are masked.
 
 Supported: MXFP4 and MXFP8 weights, bf16 and fp16 activations, every activation,
 biases, expert maps, ``apply_router_weight_on_input``. Not supported (the probe says
