@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from mxmoe import ExpertWeights, MoEConfig, Verdict, hookimpl
+from mxmoe.registry import describe_exception
 
 from . import probes
 from .layouts import ACTIVATION_GROUP
@@ -23,21 +24,18 @@ MXMOE_API_VERSION = 1
 #: A vendor kernel on its own hardware outranks the portable backends.
 PRIORITY = 90
 
-_CHECKS = (
-    lambda config, device: probes.check_device(device),
-    lambda config, device: probes.check_library(),
-    lambda config, device: probes.check_jit_toolchain(),
-    lambda config, device: probes.check_config(config),
-)
-
 
 @hookimpl
 def supports_config(config: MoEConfig, device: torch.device) -> Verdict:
-    """The first failing check's reason (device, deep_gemm, JIT toolchain, scheme)."""
-    for check in _CHECKS:
-        reason = check(config, device)
-        if reason is not None:
-            return Verdict.no(reason)
+    """The first failing check's reason (device, deep_gemm, JIT toolchain, scheme), each
+    check run only after the cheaper ones passed; never raises."""
+    try:
+        reason = (probes.check_device(device) or probes.check_library()
+                  or probes.check_jit_toolchain() or probes.check_config(config))
+    except Exception as exc:  # noqa: BLE001 - a probe fails closed
+        return Verdict.no(f"probe failed because {describe_exception(exc)}")
+    if reason:
+        return Verdict.no(reason)
     # K of both GEMMs in whole 128-channel groups: gpt-oss's 2880 is padded to 2944 with
     # zeros, which leave every group's maximum -- so the short last group the reference
     # quantizes -- unchanged.
@@ -48,6 +46,7 @@ def supports_config(config: MoEConfig, device: torch.device) -> Verdict:
 @hookimpl
 def convert_weights(config: MoEConfig, weights: ExpertWeights,
                     device: torch.device) -> DeepGEMMExperts:
+    """DeepGEMM's operands, packed once (see :mod:`.weights`)."""
     return convert_experts(config, weights, device)
 
 
@@ -55,4 +54,5 @@ def convert_weights(config: MoEConfig, weights: ExpertWeights,
 def apply(config: MoEConfig, weights: DeepGEMMExperts, hidden_states: torch.Tensor,
           topk_weights: torch.Tensor, topk_ids: torch.Tensor,
           expert_map: torch.Tensor | None) -> torch.Tensor:
+    """Glue, two grouped GEMMs, glue (see :mod:`.pipeline`)."""
     return run_experts(config, weights, hidden_states, topk_weights, topk_ids, expert_map)

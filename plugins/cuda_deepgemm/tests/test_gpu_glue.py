@@ -4,7 +4,7 @@ deep_gemm, whose reference math runs on the GPU too) against the reference.
 
 DeepGEMM's FP8 x FP4 GEMMs need SM100; these glue kernels do not, so any NVIDIA GPU
 (an H100 here) runs this module. Sizes: gpt-oss-120b's 128 experts and top-4, with
-H = I = 2944 -- 2880 rounded up to whole 128-channel groups, which this scheme needs.
+H = I = 2944 -- 2880 rounded up to whole 128-channel groups, as the backend pads it.
 """
 
 from __future__ import annotations

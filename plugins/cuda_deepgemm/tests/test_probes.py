@@ -205,6 +205,16 @@ def test_probe_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     assert reason(device=CUDA).endswith("cuda:0 cannot be queried: RuntimeError: driver exploded")
 
 
+def test_an_unexpected_error_in_any_check_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> str | None:
+        raise OSError("toolkit vanished")
+
+    monkeypatch.setattr(probes, "check_device", lambda device: None)
+    monkeypatch.setattr(probes, "check_library", lambda: None)
+    monkeypatch.setattr(probes, "check_jit_toolchain", broken)
+    assert reason() == "probe failed because OSError: toolkit vanished"
+
+
 # -- forcing the backend ---------------------------------------------------------------
 
 
