@@ -132,6 +132,7 @@ def _e8m0_rows(scales: torch.Tensor) -> torch.Tensor:
 @hookimpl
 def convert_weights(config: MoEConfig, weights: ExpertWeights,
                     device: torch.device) -> MXFP8Weights:
+    """The local experts in global order, preshuffled for ``aiter.fused_moe``, once."""
     w = _in_global_order(config, weights)
     w13, w13_scale = w.w13, w.w13_scale
     if config.activation.interleaved:  # gpt-oss rows (gate, up, gate, ...) -> halves
@@ -150,6 +151,7 @@ def convert_weights(config: MoEConfig, weights: ExpertWeights,
 @hookimpl
 def apply(config: MoEConfig, weights: MXFP8Weights, hidden_states: torch.Tensor,
           topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    """One ``aiter.fused_moe`` call on the core's routing (see the module docstring)."""
     aiter = vendor.MXFP8.get()
     out = aiter.fused_moe(
         hidden_states, weights.w13, weights.w2,

@@ -106,6 +106,8 @@ def _static_scale(scale: torch.Tensor | None, name: str) -> torch.Tensor:
 
 @hookimpl
 def convert_weights(config: MoEConfig, weights: ExpertWeights) -> W4A8Weights:
+    """The padded checkpoint in the a8w4 kernel's gfx950 layout, once; the static input
+    scales collapsed to one each (ValueError when the checkpoint lacks them)."""
     return W4A8Weights(
         w13=layouts.gfx950_a8w4_values(weights.w13),
         w13_scale=layouts.gfx950_a8w4_scales(weights.w13_scale),
@@ -121,6 +123,7 @@ def convert_weights(config: MoEConfig, weights: ExpertWeights) -> W4A8Weights:
 @hookimpl
 def apply(config: MoEConfig, weights: W4A8Weights, hidden_states: torch.Tensor,
           router_logits: torch.Tensor) -> torch.Tensor:
+    """aiter's routing, then its two a8w4 grouped GEMMs (see the module docstring)."""
     aiter = vendor.W4A8.get()
     hidden, inter = config.hidden_size, config.intermediate_size
     routing_data, gather, scatter = aiter.routing(router_logits, config.top_k, sm_first=False)
