@@ -52,12 +52,14 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
 
 
 class _Launcher:
-    """The constants of one forward: layer math, tiles, decode and routing tensors."""
+    """The constants of one forward: layer math, tiles, decode, interpreter and routing
+    tensors."""
 
-    def __init__(self, weights: TritonWeights, tiles: Tiles, asm: bool, dtype: torch.dtype,
-                 ids: torch.Tensor, route_w: torch.Tensor, expert_map: torch.Tensor | None,
-                 top_k: int) -> None:
+    def __init__(self, weights: TritonWeights, tiles: Tiles, asm: bool, interpret: bool,
+                 dtype: torch.dtype, ids: torch.Tensor, route_w: torch.Tensor,
+                 expert_map: torch.Tensor | None, top_k: int) -> None:
         self.weights, self.tiles, self.asm, self.dtype, self.top_k = weights, tiles, asm, dtype, top_k
+        self.interpret = interpret
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
         self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m)
@@ -97,7 +99,7 @@ class _Launcher:
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
             HAS_BIAS=bias is not None, WEIGHT_ON_INPUT=gated and math.weight_on_input,
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
-            EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=interpreting(),
+            EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )
@@ -114,7 +116,7 @@ class _Launcher:
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
             SPLIT_K=split, ROW_STEP=2 if math.interleaved else 1, ACTIVATION=math.activation,
             HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
-            HAS_MAP=self.expert_map is not None, INTERPRET=interpreting(), BLOCK=_REDUCE_BLOCK,
+            HAS_MAP=self.expert_map is not None, INTERPRET=self.interpret, BLOCK=_REDUCE_BLOCK,
             num_warps=4,
         )
 
@@ -124,7 +126,7 @@ class _Launcher:
         sum_slots_kernel[(out.shape[0], triton.cdiv(hidden, _REDUCE_BLOCK))](
             slot_out, self.ids, self.ids if self.expert_map is None else self.expert_map, out,
             hidden, slots, TOP_K=self.top_k, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
-            BLOCK_H=_REDUCE_BLOCK, INTERPRET=interpreting(), num_warps=4,
+            BLOCK_H=_REDUCE_BLOCK, INTERPRET=self.interpret, num_warps=4,
         )
 
 
@@ -146,11 +148,12 @@ def moe_forward(
     out = torch.empty_like(hidden_states)
     if m == 0:
         return out
-    tiles = tiles or tiles_for(m, interpret=interpreting())
+    interpret = interpreting()
+    tiles = tiles or tiles_for(m, interpret=interpret)
     asm = (tiles.decode == "asm" and hidden_states.is_cuda and torch.version.hip is None
-           and not interpreting())
+           and not interpret)
     dev, dtype, slots = hidden_states.device, hidden_states.dtype, m * top_k
-    run = _Launcher(weights, tiles, asm, dtype, topk_ids.reshape(-1).to(torch.int32),
+    run = _Launcher(weights, tiles, asm, interpret, dtype, topk_ids.reshape(-1).to(torch.int32),
                     topk_weights.reshape(-1).to(torch.float32), expert_map, top_k)
     split = tiles.split_k
     act = torch.empty(slots, weights.intermediate_size, dtype=dtype, device=dev)
