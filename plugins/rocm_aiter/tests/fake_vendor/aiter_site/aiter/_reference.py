@@ -10,8 +10,6 @@ from mxmoe.formats import dequantize_mx, e2m1_to_float, e8m0_to_float, quantize_
 
 from ._contract import expect
 
-E4M3_MAX = 448.0
-
 
 def undo_view_permute(result: torch.Tensor, view: Sequence[int], perm: Sequence[int],
                       shape: Sequence[int]) -> torch.Tensor:
@@ -55,12 +53,6 @@ def mxfp8_rceil_roundtrip(x: torch.Tensor) -> torch.Tensor:
     aiter's rule) and back, in float32."""
     data, scales = quantize_mx(x.float(), "mxfp8_e4m3", scale_rounding="rceil")
     return dequantize_mx(data, scales, "mxfp8_e4m3")
-
-
-def static_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Static per-tensor FP8 (E4M3) codes of ``x / scale``, saturating."""
-    return (x.float() / scale.float().reshape(())).clamp(-E4M3_MAX, E4M3_MAX).to(
-        torch.float8_e4m3fn)
 
 
 def swiglu_oai(gate: torch.Tensor, up: torch.Tensor, alpha: float,

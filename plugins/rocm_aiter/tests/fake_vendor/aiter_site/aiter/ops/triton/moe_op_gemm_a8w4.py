@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import torch
 
+from mxmoe.formats import quantize_fp8_per_tensor
+
 from ..._contract import expect, expect_scalar_scale, expect_tensor
-from ..._reference import dequantize_blocks, fp4_along_k, static_fp8, swiglu_oai
+from ..._reference import dequantize_blocks, fp4_along_k, swiglu_oai
 from .moe_routing.routing import RoutingData
 
 _CDNA4 = "CDNA4_SCALE"
@@ -126,7 +128,8 @@ def moe_gemm_a8w4(x, w, x_scales, w_scales, x_static_scale=None, quant_static_sc
         if gammas is not None:
             acc = acc * gammas[lo:hi].float().unsqueeze(1)
         y[lo:hi, :acc.shape[1]] = acc
-    y = static_fp8(y, quant_static_scale) if quant_static_scale is not None else y.to(out_dtype)
+    y = (quantize_fp8_per_tensor(y, quant_static_scale) if quant_static_scale is not None
+         else y.to(out_dtype))
     if scatter_indx is None:
         return y
     groups = scatter_indx.long().view(-1, k_act)

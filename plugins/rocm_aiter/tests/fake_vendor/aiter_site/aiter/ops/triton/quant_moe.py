@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from mxmoe.formats import quantize_fp8_per_tensor
+
 from ..._contract import expect, expect_scalar_scale
-from ..._reference import static_fp8
 
 
 def downcast_to_static_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -14,4 +15,4 @@ def downcast_to_static_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
            "x: expected a 2-D floating-point tensor")
     expect_scalar_scale("scale", scale)
     expect(scale.device == x.device, "scale: must be on x's device")
-    return static_fp8(x, scale)
+    return quantize_fp8_per_tensor(x, scale)
