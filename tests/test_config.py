@@ -365,3 +365,8 @@ def test_describe_names_the_important_fields() -> None:
     for part in ("demo:", "E=8", "top_k=2", "H=64", "I=96", "mxfp4xbf16", "silu",
                  "renormalize", "bfloat16", "bias", "local_experts=4"):
         assert part in text
+
+
+def test_activation_beta_is_fixed_for_interleaved_swigluoai() -> None:
+    assert make(activation="swigluoai", swiglu_beta=0.25).activation_beta == 1.0
+    assert make(activation="swigluoai_uninterleave", swiglu_beta=0.25).activation_beta == 0.25

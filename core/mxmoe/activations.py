@@ -34,7 +34,7 @@ def apply_activation(h: torch.Tensor, config: MoEConfig) -> torch.Tensor:
         return out * up
     # SWIGLUOAI (interleaved, beta fixed at 1 as gpt-oss defines it) and the
     # uninterleaved variant with a configurable beta.
-    beta = 1.0 if act is Activation.SWIGLUOAI else config.swiglu_beta
+    beta = config.activation_beta
     if limit is not None:
         gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
     return gate * torch.sigmoid(config.swiglu_alpha * gate) * (up + beta)

@@ -303,6 +303,12 @@ class MoEConfig:
             return self.num_experts
         return sum(1 for v in self.expert_map if v != -1)
 
+    @property
+    def activation_beta(self) -> float:
+        """The beta added to ``up`` by the SWIGLUOAI activations: gpt-oss's interleaved
+        SWIGLUOAI fixes it at 1.0; SWIGLUOAI_UNINTERLEAVE takes ``swiglu_beta``."""
+        return 1.0 if self.activation is Activation.SWIGLUOAI else self.swiglu_beta
+
     def with_expert_parallel(self, ep_size: int, ep_rank: int) -> MoEConfig:
         """This config on rank ``ep_rank`` of ``ep_size``, experts split contiguously."""
         _positive_int("ep_size", ep_size)

@@ -297,7 +297,7 @@ def activate_quantize(fc1_out: torch.Tensor, plan: RoutingPlan, bias: torch.Tens
     q = torch.empty((rows, inter), dtype=torch.float8_e4m3fn, device=h.device)
     scales = empty_activation_scales(rows, groups, fmt, h.device)
     act = config.activation
-    beta = 1.0 if act is Activation.SWIGLUOAI else config.swiglu_beta
+    beta = config.activation_beta
     limit = config.swiglu_limit
     slots = plan.slot_row.numel()
     if slots:

@@ -70,7 +70,7 @@ def _feature_gap(config: MoEConfig) -> str | None:
                 f"found {config.activation}")
     if not math.isclose(config.swiglu_alpha, SWIGLU_ALPHA, rel_tol=0, abs_tol=1e-6):
         return f"aiter's Swiglu fixes swiglu_alpha at {SWIGLU_ALPHA}, found {config.swiglu_alpha}"
-    beta = SWIGLU_BETA if config.activation is Activation.SWIGLUOAI else config.swiglu_beta
+    beta = config.activation_beta
     if beta != SWIGLU_BETA:
         return f"aiter's Swiglu fixes swiglu_beta at {SWIGLU_BETA}, found {beta}"
     if config.has_bias:

@@ -50,7 +50,7 @@ class LayerMath:
     @classmethod
     def from_config(cls, config: MoEConfig) -> LayerMath:
         # gpt-oss's interleaved SWIGLUOAI fixes beta at 1 (mxmoe.activations)
-        beta = 1.0 if config.activation is Activation.SWIGLUOAI else config.swiglu_beta
+        beta = config.activation_beta
         return cls(config.weight_format.value, config.activation.value, config.swiglu_alpha,
                    beta, config.swiglu_limit, config.apply_router_weight_on_input)
 
