@@ -23,7 +23,8 @@ import sys
 
 import torch
 
-from mxmoe import preset, relative_error, route
+from mxmoe import preset, reference_experts, relative_error, route
+from mxmoe.reference import tolerance
 from mxmoe.bench.floors import Ceilings, layer_floor, touched_experts
 from mxmoe.bench.timing import capture_graphs, time_calls
 from mxmoe.bench.workload import device_weights, input_sets
@@ -54,6 +55,19 @@ VARIANTS: dict[str, Tiles | None] = {
     "b128-64x64-w4-s2": Tiles(128, 64, 64, 64, 4, 2),
     "b64-128x128-w8-s2": Tiles(64, 128, 128, 128, 8, 2),
     "b128-64x256-w4-s2": Tiles(128, 64, 64, 256, 4, 2),
+    # prefill with few rows per expert (M * top_k / E of 16-32): smaller token blocks
+    "b32-64x128-w4-s3": Tiles(32, 64, 64, 128, 4, 3),
+    "b32-32x128-w2-s3": Tiles(32, 32, 32, 128, 2, 3),
+    "b32-64x64-w4-s3": Tiles(32, 64, 64, 64, 4, 3),
+    "b64-64x128-w4-s3": Tiles(64, 64, 64, 128, 4, 3),
+    "b32-64x128-w4-s2": Tiles(32, 64, 64, 128, 4, 2),
+    "b32-64x128-w4-s4": Tiles(32, 64, 64, 128, 4, 4),
+    "b32-64x256-w4-s3": Tiles(32, 64, 64, 256, 4, 3),
+    "b32-128x128-w8-s3": Tiles(32, 128, 128, 128, 8, 3),
+    # prefill with many rows per expert: deeper pipelines, wider token blocks
+    "b128-64x128-w4-s3": Tiles(128, 64, 64, 128, 4, 3),
+    "b128-128x64-w8-s2": Tiles(128, 128, 128, 64, 8, 2),
+    "b256-64x64-w8-s2": Tiles(256, 64, 64, 64, 8, 2),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
@@ -63,10 +77,25 @@ PREFILL_VARIANTS = ("table", "b128-64x128-w4-s2", "b64-128x64-w8", "b64-64x128-w
                     "b128-64x64-w4-s2", "b64-128x128-w8-s2", "b128-64x256-w4-s2")
 
 
+#: Per-M candidates of the prefill table sweep (v6); "table" runs first and last, so the
+#: two give the run-to-run spread.
+PREFILL_TABLE_VARIANTS = {
+    512: ("table", "b32-64x128-w4-s3", "b32-32x128-w2-s3", "b32-64x64-w4-s3",
+          "s16-32x128-w2-s3", "table"),
+    1024: ("table", "b32-64x128-w4-s3", "b64-64x128-w4-s3", "b64-128x128-w8-s2", "table"),
+    4096: ("table", "b128-64x128-w4-s3", "b128-128x64-w8-s2", "b64-64x128-w4-s2",
+           "b256-64x64-w8-s2", "table"),
+    16384: ("table", "b128-64x128-w4-s3", "b256-64x64-w8-s2", "table"),
+}
+
+
 def variants_for(m: int, spec: str) -> list[str]:
-    """Variant names to run at M: "all" picks the decode or prefill set, else a list."""
+    """Variant names to run at M: "all" picks the decode or prefill set, "prefill-table"
+    the per-M candidates above, else a comma-separated list."""
     if spec == "all":
         return list(DECODE_VARIANTS if m <= 256 else PREFILL_VARIANTS)
+    if spec == "prefill-table":
+        return list(PREFILL_TABLE_VARIANTS[m])
     return spec.split(",")
 
 
@@ -97,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="all")
     parser.add_argument("--sets", type=int, default=8, help="rotating input sets")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--budget-s", type=float, default=5.0,
+                        help="time budget per timing (runs are cut to fit)")
+    parser.add_argument("--check-tokens", type=int, default=64,
+                        help="tokens compared with the float64 reference per variant")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-kernel-split", action="store_true",
                         help="skip the torch profiler (when running under ncu)")
@@ -104,16 +137,22 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda", torch.cuda.current_device())
     config = preset(args.preset)
-    weights = convert(config, device_weights(config, device, seed=1))
+    raw = device_weights(config, device, seed=1)
+    weights = convert(config, raw)
+    limit = tolerance(config)
     rows = []
     for m in [int(t) for t in args.tokens.split(",")]:
         sets = input_sets(config, m, args.sets, device, seed=2)
         routed = [route(s.router_logits, config) for s in sets]
         experts = statistics.mean(touched_experts(ids, config) for _, ids in routed)
         floor = layer_floor(config, m, experts, FACTS_CEILINGS)
+        # float64 reference on the first tokens of input set 0 (rows are independent)
+        rows_checked = min(m, args.check_tokens)
+        (tw0, ti0), x0 = routed[0], sets[0].hidden_states[:rows_checked]
+        ref = reference_experts(config, raw, x0, tw0[:rows_checked], ti0[:rows_checked])
         first = None
         for name in variants_for(m, args.variants):
-            tiles = VARIANTS[name] or tiles_for(m)
+            tiles = VARIANTS[name] or tiles_for(m, m * config.top_k / config.num_experts)
 
             def call(i: int, tiles: Tiles = tiles) -> torch.Tensor:
                 s, (tw, ti) = sets[i % len(sets)], routed[i % len(routed)]
@@ -125,22 +164,25 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - a variant that fails to compile is a result
                 print(f"M={m:5d} {name:20s} FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
                 continue
+            ref_err = relative_error(out[:rows_checked], ref)
             diff = 0.0 if first is None else relative_error(out, first)
             first = out if first is None else first
-            eager = time_calls(call, device, warmup=3, repeats=args.repeats, budget_s=5).ms
+            eager = time_calls(call, device, warmup=3, repeats=args.repeats, budget_s=args.budget_s).ms
             graph = time_calls(replayer(capture_graphs(call, len(sets), device)), device,
-                               warmup=3, repeats=args.repeats, budget_s=5).ms
+                               warmup=3, repeats=args.repeats, budget_s=args.budget_s).ms
             split = {} if args.no_kernel_split else kernel_split(call, len(sets))
             row = {"M": m, "variant": name, "tiles": repr(tiles), "eager_ms": eager,
                    "graph_ms": graph, "floor_ms": floor.ms, "bound": floor.bound,
                    "experts": experts, "TBps": floor.bytes / graph / 1e9,
                    "TFLOPs": floor.flops / graph / 1e9, "diff_vs_first": diff,
+                   "ref_err": ref_err, "ref_rows": rows_checked, "ref_ok": ref_err <= limit,
                    "finite": bool(torch.isfinite(out).all()), "kernels_us": split}
             rows.append(row)
             kern = " ".join(f"{k.split('_kernel')[0][-14:]}={v:.0f}" for k, v in list(split.items())[:4])
             print(f"M={m:5d} {name:20s} eager {eager:8.4f} graph {graph:8.4f} ms | floor "
                   f"{floor.ms:.4f} ({100 * floor.ms / graph:5.1f}%) {row['TBps']:5.2f} TB/s "
-                  f"{row['TFLOPs']:6.1f} TF/s | diff {diff:.1e} | us: {kern}", flush=True)
+                  f"{row['TFLOPs']:6.1f} TF/s | diff {diff:.1e} ref {ref_err:.1e}"
+                  f"{'' if row['ref_ok'] else ' FAIL'} | us: {kern}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "preset": args.preset,

@@ -149,7 +149,8 @@ def moe_forward(
     if m == 0:
         return out
     interpret = interpreting()
-    tiles = tiles or tiles_for(m, interpret=interpret)
+    num_experts = weights.w13.shape[0] if expert_map is None else expert_map.numel()
+    tiles = tiles or tiles_for(m, m * top_k / num_experts, interpret=interpret)
     asm = (tiles.decode == "asm" and hidden_states.is_cuda and torch.version.hip is None
            and not interpret)
     dev, dtype, slots = hidden_states.device, hidden_states.dtype, m * top_k

@@ -6,7 +6,8 @@ byte is read for one or two tokens, the kernels are memory-bound and want many s
 output tiles in flight; at prefill sizes the same weight tile serves a whole block of
 tokens and the kernels want large tiles for the tensor cores. The table is the best
 of the variants swept on an H100 with gpt-oss-120b shapes (benchmarks/triton_notes.md
-has the measurements): at decode sizes three pipeline stages and two warps of 16
+has the measurements; the rows per expert, M * top_k / E, pick the token block where
+the number of experts matters): at decode sizes three pipeline stages and two warps of 16
 weight rows each beat deeper pipelines, because registers and shared memory, not
 bandwidth, cap how many programs an SM holds.
 """
@@ -56,12 +57,18 @@ class Tiles:
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
 
-# (largest M, tiles), in increasing M; the last entry (None) covers every larger M.
-_GPU_TABLE: tuple[tuple[int | None, Tiles], ...] = (
-    (32, Tiles(16, 32, 32, 256, 2, 3)),
-    (256, Tiles(16, 32, 32, 128, 2, 3)),
-    (1024, Tiles(64, 128, 128, 64, 8, 3)),
-    (None, Tiles(128, 64, 64, 128, 4, 2)),
+# (largest M, largest mean rows per expert or None for any, tiles), in increasing M;
+# the first entry whose two bounds hold is taken, the last (None, None) covers the rest.
+_GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
+    (32, None, Tiles(16, 32, 32, 256, 2, 3)),
+    (256, None, Tiles(16, 32, 32, 128, 2, 3)),
+    # 8-24 rows per expert (gpt-oss-120b at M = 257..768): 32-row blocks halve the
+    # padded MMA work of 64-row ones and still decode each weight about once (1.13 vs
+    # 1.51 ms at M = 512). With more rows per expert (gpt-oss-20b: 64 at M = 512) they
+    # would decode each weight 2.5 times instead of 1.5, so 64-row blocks stay.
+    (768, 24.0, Tiles(32, 64, 64, 128, 4, 3)),
+    (1024, None, Tiles(64, 128, 128, 64, 8, 3)),
+    (None, None, Tiles(128, 64, 64, 128, 4, 2)),
 )
 
 #: Tiles for TRITON_INTERPRET=1, where every program and every nested jit call is
@@ -69,11 +76,12 @@ _GPU_TABLE: tuple[tuple[int | None, Tiles], ...] = (
 INTERPRETER_TILES = Tiles(16, 64, 64, 128, 1, 1)
 
 
-def tiles_for(num_tokens: int, *, interpret: bool = False) -> Tiles:
-    """The launch configuration for a call with ``num_tokens`` tokens."""
+def tiles_for(num_tokens: int, rows_per_expert: float, *, interpret: bool = False) -> Tiles:
+    """The launch configuration for a call with ``num_tokens`` tokens and, on average,
+    ``rows_per_expert`` (M * top_k / E) token rows per expert."""
     if interpret:
         return INTERPRETER_TILES
-    for largest, tiles in _GPU_TABLE[:-1]:
-        if num_tokens <= largest:
+    for largest, most_rows, tiles in _GPU_TABLE[:-1]:
+        if num_tokens <= largest and (most_rows is None or rows_per_expert <= most_rows):
             return tiles
-    return _GPU_TABLE[-1][1]
+    return _GPU_TABLE[-1][2]
