@@ -240,3 +240,11 @@ def test_expert_weights_to_moves_every_tensor() -> None:
     for name, tensor in moved.tensors().items():
         assert tensor is None or tensor.device.type == "meta", name
     assert isinstance(moved, ExpertWeights)
+
+
+def test_layer_input_scale_collapses_per_expert_scales_to_the_largest():
+    from mxmoe.weights import layer_input_scale
+
+    assert layer_input_scale(None) is None
+    collapsed = layer_input_scale(torch.tensor([0.5, 2.0, 1.0], dtype=torch.float32))
+    assert collapsed.dtype == torch.float32 and collapsed.dim() == 0 and float(collapsed) == 2.0

@@ -16,14 +16,9 @@ from .activations import apply_activation
 from .config import MoEConfig
 from .formats import dequantize_mx, fake_quantize_activation
 from .routing import route
-from .weights import ExpertWeights
+from .weights import ExpertWeights, layer_input_scale
 
 __all__ = ["reference_experts", "reference_moe", "relative_error", "tolerance"]
-
-
-def _input_scale(scale: torch.Tensor | None) -> torch.Tensor | None:
-    # A scale per expert collapses to the largest, as engines share one scale per layer.
-    return None if scale is None else scale.float().max()
 
 
 def reference_experts(
@@ -55,13 +50,13 @@ def reference_experts(
         x = x_all[tokens]
         if config.apply_router_weight_on_input:
             x = (x.to(torch.float64) * gate_w).to(config.dtype)
-        x = fake_quantize_activation(x, act_fmt, _input_scale(weights.w13_input_scale))
+        x = fake_quantize_activation(x, act_fmt, layer_input_scale(weights.w13_input_scale))
         w13 = dequantize_mx(weights.w13[local], weights.w13_scale[local], fmt, dtype=torch.float64)
         h = x.to(torch.float64) @ w13.T
         if weights.w13_bias is not None:
             h = h + weights.w13_bias[local].to(torch.float64)
         a = apply_activation(h, config)
-        a = fake_quantize_activation(a, act_fmt, _input_scale(weights.w2_input_scale))
+        a = fake_quantize_activation(a, act_fmt, layer_input_scale(weights.w2_input_scale))
         w2 = dequantize_mx(weights.w2[local], weights.w2_scale[local], fmt, dtype=torch.float64)
         y = a.to(torch.float64) @ w2.T
         if weights.w2_bias is not None:

@@ -30,7 +30,10 @@ import torch
 from .config import MX_BLOCK, ActivationFormat, MoEConfig, WeightFormat
 from .formats import quantize_mx
 
-__all__ = ["ExpertWeights", "pad_weights", "random_weights", "validate_weights", "weight_layout"]
+__all__ = [
+    "ExpertWeights", "layer_input_scale", "pad_weights", "random_weights", "validate_weights",
+    "weight_layout",
+]
 
 
 @dataclasses.dataclass
@@ -64,6 +67,13 @@ class ExpertWeights:
     def to(self, device: torch.device | str) -> ExpertWeights:
         return ExpertWeights(**{k: None if v is None else v.to(device)
                                 for k, v in self.tensors().items()})
+
+
+def layer_input_scale(scale: torch.Tensor | None) -> torch.Tensor | None:
+    """A static FP8 input scale as the one float32 scalar a GEMM uses: a checkpoint with
+    one scale per expert collapses to the largest, as inference engines share one scale
+    per GEMM input. None stays None."""
+    return None if scale is None else scale.to(torch.float32).amax()
 
 
 def _expect(name: str, t: object, dtype: torch.dtype | tuple[torch.dtype, ...],

@@ -31,6 +31,7 @@ from mxmoe import (
     WeightFormat,
     hookimpl,
 )
+from mxmoe.weights import layer_input_scale
 
 from . import device as _device
 from . import layouts, vendor
@@ -100,8 +101,7 @@ def _float32(t: torch.Tensor | None) -> torch.Tensor | None:
 def _static_scale(scale: torch.Tensor | None, name: str) -> torch.Tensor:
     if scale is None:
         raise ValueError(f"{name}: required for aiter-w4a8 (activation_format='fp8_static')")
-    # One scale per expert collapses to the largest, as the reference does.
-    return scale.to(torch.float32).amax().reshape(1)
+    return layer_input_scale(scale).reshape(1)
 
 
 @hookimpl

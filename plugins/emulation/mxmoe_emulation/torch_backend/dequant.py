@@ -33,6 +33,7 @@ import torch
 from mxmoe import ExpertWeights, MoEConfig
 from mxmoe.config import MX_BLOCK
 from mxmoe.formats import e2m1_to_float, e8m0_to_float
+from mxmoe.weights import layer_input_scale
 
 __all__ = [
     "COMPUTE_DTYPE",
@@ -88,9 +89,9 @@ def _as_float32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _collapsed_input_scale(scale: torch.Tensor | None) -> float | None:
-    """A static FP8 input scale as one number: the largest of per-expert scales, as
-    inference engines share one scale per GEMM (and as the reference does)."""
-    return None if scale is None else float(scale.float().max())
+    """The static FP8 input scale as a Python float (see :func:`mxmoe.weights.layer_input_scale`)."""
+    collapsed = layer_input_scale(scale)
+    return None if collapsed is None else float(collapsed)
 
 
 @functools.cache
