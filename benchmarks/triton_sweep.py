@@ -68,6 +68,17 @@ VARIANTS: dict[str, Tiles | None] = {
     "b128-64x128-w4-s3": Tiles(128, 64, 64, 128, 4, 3),
     "b128-128x64-w8-s2": Tiles(128, 128, 128, 64, 8, 2),
     "b256-64x64-w8-s2": Tiles(256, 64, 64, 64, 8, 2),
+    # v7: the two-byte PTX decode on wgmma tiles ("-p")
+    "s16-64x128-w4-s3-p": Tiles(16, 64, 64, 128, 4, 3, pair_decode=True),
+    "s16-64x256-w4-s3-p": Tiles(16, 64, 64, 256, 4, 3, pair_decode=True),
+    "s16-64x128-w4-s2-p": Tiles(16, 64, 64, 128, 4, 2, pair_decode=True),
+    "s16-128x128-w8-s3-p": Tiles(16, 128, 128, 128, 8, 3, pair_decode=True),
+    "b32-64x128-w4-s3-p": Tiles(32, 64, 64, 128, 4, 3, pair_decode=True),
+    "b128-64x128-w4-s2-p": Tiles(128, 64, 64, 128, 4, 2, pair_decode=True),
+    "b128-64x128-w4-s3-p": Tiles(128, 64, 64, 128, 4, 3, pair_decode=True),
+    "b128-128x64-w8-s2-p": Tiles(128, 128, 128, 64, 8, 2, pair_decode=True),
+    "b128-128x128-w8-s2-p": Tiles(128, 128, 128, 128, 8, 2, pair_decode=True),
+    "b64-128x64-w8-s3-p": Tiles(64, 128, 128, 64, 8, 3, pair_decode=True),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
@@ -89,13 +100,28 @@ PREFILL_TABLE_VARIANTS = {
 }
 
 
+#: Per-M candidates of the two-byte decode sweep (v7): wgmma tiles with "-p".
+PAIR_VARIANTS = {
+    1: ("table", "s16-64x128-w4-s3-p", "s16-64x256-w4-s3-p", "table"),
+    8: ("table", "s16-64x128-w4-s3-p", "s16-64x256-w4-s3-p", "s16-64x128-w4-s2-p", "table"),
+    64: ("table", "s16-64x128-w4-s3-p", "s16-64x256-w4-s3-p", "s16-64x128-w4-s2-p",
+         "s16-128x128-w8-s3-p", "table"),
+    256: ("table", "s16-64x128-w4-s3-p", "s16-128x128-w8-s3-p", "b32-64x128-w4-s3-p", "table"),
+    2048: ("table", "b64-128x64-w8-s3-p", "b128-64x128-w4-s2-p", "table"),
+    4096: ("table", "b128-64x128-w4-s2-p", "b128-64x128-w4-s3-p", "b128-128x64-w8-s2-p",
+           "b128-128x128-w8-s2-p", "b64-128x64-w8-s3-p", "table"),
+}
+
+
 def variants_for(m: int, spec: str) -> list[str]:
     """Variant names to run at M: "all" picks the decode or prefill set, "prefill-table"
-    the per-M candidates above, else a comma-separated list."""
+    and "pairs" the per-M candidates above, else a comma-separated list."""
     if spec == "all":
         return list(DECODE_VARIANTS if m <= 256 else PREFILL_VARIANTS)
     if spec == "prefill-table":
         return list(PREFILL_TABLE_VARIANTS[m])
+    if spec == "pairs":
+        return list(PAIR_VARIANTS[m])
     return spec.split(",")
 
 

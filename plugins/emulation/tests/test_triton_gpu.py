@@ -43,13 +43,15 @@ class TestTritonConformanceGPU(BackendConformance):
 
 @pytest.mark.parametrize("tiles", [
     Tiles(16, 32, 32, 256, 2, 4), Tiles(16, 32, 32, 128, 2, 4, split_k=3),
-    Tiles(16, 64, 64, 128, 4, 4),
-    Tiles(128, 128, 128, 64, 8, 3), Tiles(128, 64, 64, 64, 8, 3, swap=False),
+    Tiles(16, 64, 64, 128, 4, 4), Tiles(32, 64, 64, 128, 4, 3, pair_decode=True),
+    Tiles(128, 64, 64, 128, 4, 2), Tiles(128, 128, 128, 64, 8, 3, pair_decode=True),
+    Tiles(128, 64, 64, 64, 8, 3, swap=False, pair_decode=True),
 ], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_decodes_agree_with_reference(tiles: Tiles, dtype: torch.dtype) -> None:
-    """The inline-PTX decode and the portable one, on the table's kinds of tiles, both
-    match the reference (K = 512 spans several tiles; 97 tokens fill partial blocks)."""
+    """The inline-PTX decode (four-byte and, on Hopper's wgmma tiles, two-byte form) and
+    the portable one, on the table's kinds of tiles, all match the reference (K = 512
+    spans several tiles; 97 tokens fill partial blocks)."""
     config = MoEConfig(num_experts=8, top_k=2, hidden_size=512, intermediate_size=384,
                        activation="swigluoai", has_bias=True, dtype=dtype)
     seed = fresh_seed()

@@ -175,6 +175,36 @@ or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $3, m, $8, z;
 }""")
 
 
+# The two-byte forms, for operand layouts that give a thread K-adjacent pairs (Hopper's
+# wgmma register operand): four bytes per call would first be gathered from two pairs
+# with a PRMT per byte. Two packed bytes ($2, 16 bits) and, per byte, the scale of its
+# low ($3, $4) and high ($5, $6) nibble as a 32-bit pair (the scale in both halves,
+# paired once per MX block instead of per call; the twins $4, $6 are the same block's)
+# -> the two low-nibble weights ($0) and the two high-nibble weights ($1).
+_FP4_PAIR_TO_BF16 = tl.constexpr("""{
+.reg .b32 t, x, z;
+mov.b32 z, 0x80008000;
+mov.b32 t, {$2, $2};
+prmt.b32 t, t, 0, 0x4140;
+and.b32 x, t, 0x000F000F; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0;
+fma.rn.bf16x2 $0, x, $3, z;
+and.b32 x, t, 0x00F000F0; mul.lo.u32 x, x, 0x104; and.b32 x, x, 0x81C081C0;
+fma.rn.bf16x2 $1, x, $5, z;
+}""")
+
+_FP4_PAIR_TO_FP16 = tl.constexpr("""{
+.reg .b32 t, m, s, k, z;
+mov.b32 k, 0x74007400;
+mov.b32 z, 0x80008000;
+mov.b32 t, {$2, $2};
+prmt.b32 t, t, 0, 0x4140;
+shl.b32 m, t, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t, 12; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $0, m, $3, z;
+shl.b32 m, t, 5; and.b32 m, m, 0x0E000E00; shl.b32 s, t, 8; and.b32 s, s, 0x80008000;
+or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $1, m, $5, z;
+}""")
+
+
 @triton.jit
 def _scales(ws, bias, DTYPE: tl.constexpr):
     """E8M0 bytes -> 2**(s + bias - 127) in DTYPE (byte 0 with bias 0 gives 0; layout.py
@@ -193,10 +223,11 @@ def _e2m1_values(codes):
 
 @triton.jit
 def _decode_fp4(wq, ws, SCALE_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                DTYPE: tl.constexpr, ASM: tl.constexpr):
+                DTYPE: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr):
     """Split-nibble bytes [BN, BK/2] and their scales [BN, BK/32] -> the weights of the
     low nibbles and of the high nibbles, each [BN, BK/2] in DTYPE (for the bf16 PTX
-    decode: times 2**(SCALE_BIAS - 126))."""
+    decode: times 2**(SCALE_BIAS - 126)). ``PAIRS``: the PTX decode takes two bytes a
+    call (see _FP4_PAIR_TO_BF16) instead of four."""
     HALF: tl.constexpr = BLOCK_K // 2
     GROUPS: tl.constexpr = BLOCK_K // 64
     if ASM and DTYPE == tl.bfloat16:
@@ -205,10 +236,22 @@ def _decode_fp4(wq, ws, SCALE_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K
         scale = _scales(ws, 0, DTYPE)
     else:
         scale = _scales(ws, 0, tl.float32)
+    if ASM and PAIRS:
+        bits = scale.to(tl.uint16, bitcast=True).to(tl.uint32)
+        scale = bits | (bits << 16)
     s_lo, s_hi = scale.reshape(BLOCK_N, GROUPS, 2).split()
     s_lo = tl.broadcast_to(s_lo[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
     s_hi = tl.broadcast_to(s_hi[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
-    if ASM:
+    if ASM and PAIRS:
+        if DTYPE == tl.bfloat16:
+            w_lo, w_hi = tl.inline_asm_elementwise(
+                _FP4_PAIR_TO_BF16, "=r,=r,h,r,r,r,r", [wq, s_lo, s_hi],
+                dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
+        else:
+            w_lo, w_hi = tl.inline_asm_elementwise(
+                _FP4_PAIR_TO_FP16, "=r,=r,h,r,r,r,r", [wq, s_lo, s_hi],
+                dtype=(tl.float16, tl.float16), is_pure=True, pack=2)
+    elif ASM:
         if DTYPE == tl.bfloat16:
             w_lo, w_hi = tl.inline_asm_elementwise(
                 _FP4_TO_BF16, "=r,=r,=r,=r,r,r,r,r,r", [wq, s_lo, s_hi],
@@ -246,7 +289,7 @@ def _mma(w, a, acc, SWAP: tl.constexpr, INTERPRET: tl.constexpr):
 
 @triton.jit
 def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, ws, w_mask, SCALE_BIAS: tl.constexpr,
-                     EPB: tl.constexpr,
+                     EPB: tl.constexpr, PAIRS: tl.constexpr,
                      ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + the activations times one MX weight tile whose scale bytes are ``ws`` (a_lo:
@@ -254,7 +297,8 @@ def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, ws, w_mask, SCALE_BIAS: tl.constex
     ones)."""
     wq = tl.load(w_ptrs, mask=w_mask, other=0)
     if EPB == 2:
-        w_lo, w_hi = _decode_fp4(wq, ws, SCALE_BIAS, BLOCK_N, BLOCK_K, a_lo.dtype, ASM)
+        w_lo, w_hi = _decode_fp4(wq, ws, SCALE_BIAS, BLOCK_N, BLOCK_K, a_lo.dtype, ASM,
+                                 PAIRS)
         acc = _mma(w_lo, a_lo, acc, SWAP, INTERPRET)
         acc = _mma(w_hi, a_hi, acc, SWAP, INTERPRET)
     else:
@@ -314,8 +358,8 @@ def moe_gemm_kernel(
     TOP_K: tl.constexpr, GATED: tl.constexpr, ROW_STEP: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
-    EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
-    SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    EPB: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr, SWAP: tl.constexpr,
+    INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
@@ -407,10 +451,10 @@ def moe_gemm_kernel(
         if GATED:
             ws_u_next = tl.load(su_ptrs, mask=s_mask, other=0)
         acc_g = _mx_tile_product(acc_g, a_lo, a_hi, wg_ptrs, ws_g, w_mask, SCALE_BIAS,
-                                 EPB, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+                                 EPB, PAIRS, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         if GATED:
             acc_u = _mx_tile_product(acc_u, a_lo, a_hi, wu_ptrs, ws_u, w_mask,
-                                     SCALE_BIAS, EPB, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+                                     SCALE_BIAS, EPB, PAIRS, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         ws_g = ws_g_next
         ws_u = ws_u_next
         a_ptrs += BLOCK_K

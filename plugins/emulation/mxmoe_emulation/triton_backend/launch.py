@@ -12,6 +12,8 @@ split K, float32 partial sums [split, M * top_k, 2I] and [split, M * top_k, H].
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -29,6 +31,15 @@ _ALIGN_CHUNK = 1024
 def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> int:
     """Most blocks the slots can need: whole blocks plus one partial per used expert."""
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
+
+
+def _hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and _capability(device.index)[0] == 9
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
@@ -99,7 +110,9 @@ class _Launcher:
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
             HAS_BIAS=bias is not None, WEIGHT_ON_INPUT=gated and math.weight_on_input,
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
-            EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
+            EPB=2 if fp4 else 1, ASM=self.asm,
+            PAIRS=self.asm and tiles.pair_decode and _hopper(a.device),
+            SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )

@@ -7,9 +7,10 @@ output tiles in flight; at prefill sizes the same weight tile serves a whole blo
 tokens and the kernels want large tiles for the tensor cores. The table is the best
 of the variants swept on an H100 with gpt-oss-120b shapes (benchmarks/triton_notes.md
 has the measurements; the rows per expert, M * top_k / E, pick the token block where
-the number of experts matters): at decode sizes three pipeline stages and two warps of 16
-weight rows each beat deeper pipelines, because registers and shared memory, not
-bandwidth, cap how many programs an SM holds.
+the number of experts matters): at decode sizes three pipeline stages beat deeper
+pipelines, because registers and shared memory, not bandwidth, cap how many programs
+an SM holds; from a few tokens on, tiles whose weights feed Hopper's wgmma take the
+two-byte PTX decode.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class Tiles:
     on NVIDIA GPUs) or "manual" (portable Triton operations, used elsewhere), see
     :mod:`.kernels`; ``swap``: weights as the left operand; ``split_k``: slices of K
     computed by separate programs and summed in a fixed order afterwards (more
-    programs in flight when few blocks exist, at decode sizes).
+    programs in flight when few blocks exist, at decode sizes); ``pair_decode``: on
+    Hopper, the PTX decode takes two bytes a call instead of four, which suits tiles
+    whose weights become wgmma register operands (K-adjacent pairs per thread; see
+    :mod:`.kernels`). Both forms are exact: the flag trades instructions, not results.
     """
 
     block_m: int
@@ -43,6 +47,7 @@ class Tiles:
     decode: str = "asm"
     swap: bool = True
     split_k: int = 1
+    pair_decode: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -60,14 +65,23 @@ class Tiles:
 # (largest M, largest mean rows per expert or None for any, tiles), in increasing M;
 # the first entry whose two bounds hold is taken, the last (None, None) covers the rest.
 _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
-    (32, None, Tiles(16, 32, 32, 256, 2, 3)),
-    (256, None, Tiles(16, 32, 32, 128, 2, 3)),
+    # one or a few tokens: the most programs (32-row N tiles, 2 warps, mma.sync)
+    (4, None, Tiles(16, 32, 32, 256, 2, 3)),
+    # a few rows per expert: 64-row N tiles on wgmma with the two-byte decode (2-4 %
+    # faster than the 2-warp tiles at M = 8 and 64, 25 % slower at M = 1)
+    (256, None, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True)),
     # 8-24 rows per expert (gpt-oss-120b at M = 257..768): 32-row blocks halve the
     # padded MMA work of 64-row ones and still decode each weight about once (1.13 vs
     # 1.51 ms at M = 512). With more rows per expert (gpt-oss-20b: 64 at M = 512) they
     # would decode each weight 2.5 times instead of 1.5, so 64-row blocks stay.
-    (768, 24.0, Tiles(32, 64, 64, 128, 4, 3)),
-    (1024, None, Tiles(64, 128, 128, 64, 8, 3)),
+    (768, 24.0, Tiles(32, 64, 64, 128, 4, 3, pair_decode=True)),
+    (1024, None, Tiles(64, 128, 128, 64, 8, 3, pair_decode=True)),
+    # up to 64 rows per expert the 64-row blocks also beat 128-row ones (gpt-oss-120b
+    # M = 2048: 1.91 vs 2.24 ms)
+    (2048, 64.0, Tiles(64, 128, 128, 64, 8, 3, pair_decode=True)),
+    # measured at M = 4096 (3.17 vs 3.30 ms for the previous 2-stage tile); the bound
+    # sits between that and M = 16384, where the 2-stage four-byte tile was last measured
+    (8192, None, Tiles(128, 64, 64, 128, 4, 3, pair_decode=True)),
     (None, None, Tiles(128, 64, 64, 128, 4, 2)),
 )
 
