@@ -79,6 +79,10 @@ VARIANTS: dict[str, Tiles | None] = {
     "b128-128x64-w8-s2-p": Tiles(128, 128, 128, 64, 8, 2, pair_decode=True),
     "b128-128x128-w8-s2-p": Tiles(128, 128, 128, 128, 8, 2, pair_decode=True),
     "b64-128x64-w8-s3-p": Tiles(64, 128, 128, 64, 8, 3, pair_decode=True),
+    "s16-64x64-w4-s4-p": Tiles(16, 64, 64, 64, 4, 4, pair_decode=True),
+    "s16-64x64-w4-s3-p": Tiles(16, 64, 64, 64, 4, 3, pair_decode=True),
+    "b128-64x64-w4-s3-p": Tiles(128, 64, 64, 64, 4, 3, pair_decode=True),
+    "b128-64x128-w4-s4-p": Tiles(128, 64, 64, 128, 4, 4, pair_decode=True),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

@@ -87,7 +87,7 @@ def check(result: tuple[torch.Tensor, torch.Tensor], expected: tuple[list, list]
                                rtol=2e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("method", ["renormalize", "renormalize_naive", "default"])
 @pytest.mark.parametrize(("m", "e", "k"), [(1, 4, 1), (7, 16, 4), (33, 32, 8), (5, 8, 8)])
 def test_plain_methods_match_a_per_token_computation(method: str, dtype: torch.dtype, m: int,

@@ -16,22 +16,25 @@ __all__ = ["route"]
 
 
 def _renormalize(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # top-k on the logits as given (widening to float32 keeps their order), softmax of the
+    # k values in float32: one kernel less than converting all E logits first
     values, ids = torch.topk(logits, k, dim=-1)
-    return torch.softmax(values, dim=-1), ids
+    return torch.softmax(values, dim=-1, dtype=torch.float32), ids
 
 
 def _renormalize_naive(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    weights, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    weights, ids = torch.topk(torch.softmax(logits, dim=-1, dtype=torch.float32), k, dim=-1)
     return weights / weights.sum(dim=-1, keepdim=True), ids
 
 
 def _default(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    return torch.topk(torch.softmax(logits, dim=-1, dtype=torch.float32), k, dim=-1)
 
 
 def _grouped_topk(
     logits: torch.Tensor, config: MoEConfig, correction_bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
     m, e = logits.shape
     groups, keep, k = config.num_expert_group, config.topk_group, config.top_k
     if config.scoring_func is ScoringFunc.SOFTMAX:
@@ -79,7 +82,10 @@ def route(
             f"correction_bias: expected shape [{config.num_experts}], "
             f"got {list(correction_bias.shape)}"
         )
-    logits = router_logits.float()
+    # half-precision logits stay as they are (each method widens exactly where it must);
+    # anything wider is computed in float32 like the rest
+    as_given = router_logits.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    logits = router_logits if as_given else router_logits.float()
     method = config.routing
     if method is RoutingMethod.RENORMALIZE:
         weights, ids = _renormalize(logits, config.top_k)

@@ -3,7 +3,8 @@
 One layer is four launches, all on the device, none waiting for the host (five with
 split K, see :mod:`.launch`):
 
-1. :func:`align_kernel` (one program): counts the tokens routed to each local expert
+1. :func:`align_kernel` (one program; skipped for a single token, whose slots are
+   distinct experts and become one block each): counts the tokens routed to each local expert
    and lays the (token, k) *slots* out expert by expert in blocks of ``BLOCK_M`` rows.
    It writes ``sorted_slots[row]`` (the slot at each padded row), and per block its
    local expert and its number of real rows (0 for the unused tail of the worst-case
@@ -359,8 +360,8 @@ def moe_gemm_kernel(
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr, SWAP: tl.constexpr,
-    INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    SLOT_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
     SPLIT_K slices of K) tile.
@@ -374,20 +375,28 @@ def moe_gemm_kernel(
     ``EPB`` is 2 for MXFP4 (K must be a multiple of 64) and 1 for MXFP8. The products
     are multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
     compile-time constant: a run-time bias makes Triton route the scales through shared
-    memory; real layers all share the value 126, so it compiles once).
+    memory; real layers all share the value 126, so it compiles once). With
+    ``SLOT_BLOCKS`` (a single token, no expert map) there is no align step: block ``b``
+    is slot ``b`` alone and ``block_expert_ptr`` is the top-k ids.
     """
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
     split = pid % SPLIT_K
     tile = pid // SPLIT_K
     blk = tile // n_tiles
-    rows = tl.load(block_rows_ptr + blk)
-    if rows == 0:
-        return
-    expert = tl.load(block_expert_ptr + blk).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
-    m_mask = offs_m < rows
-    slots = tl.load(sorted_slots_ptr + blk * BLOCK_M + offs_m, mask=m_mask, other=0)
+    if SLOT_BLOCKS:
+        # one block per slot, its expert read straight from the top-k ids
+        expert = tl.load(block_expert_ptr + blk).to(tl.int64)
+        m_mask = offs_m < 1
+        slots = blk + 0 * offs_m
+    else:
+        rows = tl.load(block_rows_ptr + blk)
+        if rows == 0:
+            return
+        expert = tl.load(block_expert_ptr + blk).to(tl.int64)
+        m_mask = offs_m < rows
+        slots = tl.load(sorted_slots_ptr + blk * BLOCK_M + offs_m, mask=m_mask, other=0)
     if GATHER_A:
         a_rows = (slots // TOP_K).to(tl.int64)
     else:

@@ -73,7 +73,12 @@ class _Launcher:
         self.interpret = interpret
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
-        self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m)
+        # a single token's slots are distinct experts: one block each, no align launch
+        self.slot_blocks = ids.numel() == top_k and expert_map is None
+        if self.slot_blocks:
+            self.table = (ids, ids, ids)  # block b: slot b, expert ids[b] (rows unused)
+        else:
+            self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m)
 
     def _scale_bias(self, bias: int) -> tuple[int, float]:
         """(scale_bias, acc_scale) of a GEMM: only the bf16 PTX decode biases scales."""
@@ -113,7 +118,8 @@ class _Launcher:
             EPB=2 if fp4 else 1, ASM=self.asm,
             PAIRS=self.asm and tiles.pair_decode and _hopper(a.device),
             SWAP=tiles.swap, INTERPRET=self.interpret,
-            SCALE_BIAS=scale_bias, SPLIT_K=split, BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
+            SCALE_BIAS=scale_bias, SPLIT_K=split, SLOT_BLOCKS=self.slot_blocks,
+            BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )
 
