@@ -186,3 +186,16 @@ def test_correction_bias_must_match_the_config() -> None:
     for shape in ((1,), (15,), (1, 16)):
         with pytest.raises(ValueError, match=r"^correction_bias: expected shape \[16\]"):
             route(logits, grouped, torch.zeros(shape))
+
+
+@pytest.mark.parametrize("method", ["renormalize", "renormalize_naive", "default", "grouped_topk"])
+def test_ties_resolve_to_the_lower_expert_id(method: str) -> None:
+    """Equal logits (common in bf16) are chosen and ordered by increasing expert id, also
+    across the k-th place: the documented order, the same on every device."""
+    extra = {"num_expert_group": 2, "topk_group": 2} if method == "grouped_topk" else {}
+    cfg = config(method, num_experts=8, top_k=3, **extra)
+    logits = torch.tensor([[0.5, 2.0, 0.5, 2.0, -1.0, 2.0, 2.0, 0.0],
+                           [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.bfloat16)
+    weights, ids = route(logits, cfg)
+    assert ids.tolist() == [[1, 3, 5], [0, 1, 2]]
+    assert torch.allclose(weights[1], weights[1, :1].expand(3))

@@ -1,9 +1,9 @@
 """Routing: router logits [M, E] -> (top-k weights float32 [M, k], expert ids int32 [M, k]).
 
 One function per method of :class:`mxmoe.RoutingMethod`, computed in float32; ``route``
-dispatches on the config. Ties between equal scores resolve to the lower expert id
-(``torch.topk``'s order on the CPU; backends are tested on random logits, where ties
-do not occur).
+dispatches on the config. Ties between equal scores resolve to the lower expert id, on
+every device: the top k come from a stable descending sort, not ``torch.topk``, whose
+order among equal values differs between devices (and bf16 router logits tie often).
 """
 
 from __future__ import annotations
@@ -15,20 +15,27 @@ from .config import MoEConfig, RoutingMethod, ScoringFunc
 __all__ = ["route"]
 
 
+def _top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest scores along the last dimension and their indices, largest first,
+    equal scores in increasing index order."""
+    values, ids = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return values[..., :k], ids[..., :k]
+
+
 def _renormalize(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     # top-k on the logits as given (widening to float32 keeps their order), softmax of the
     # k values in float32: one kernel less than converting all E logits first
-    values, ids = torch.topk(logits, k, dim=-1)
+    values, ids = _top(logits, k)
     return torch.softmax(values, dim=-1, dtype=torch.float32), ids
 
 
 def _renormalize_naive(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    weights, ids = torch.topk(torch.softmax(logits, dim=-1, dtype=torch.float32), k, dim=-1)
+    weights, ids = _top(torch.softmax(logits, dim=-1, dtype=torch.float32), k)
     return weights / weights.sum(dim=-1, keepdim=True), ids
 
 
 def _default(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.topk(torch.softmax(logits, dim=-1, dtype=torch.float32), k, dim=-1)
+    return _top(torch.softmax(logits, dim=-1, dtype=torch.float32), k)
 
 
 def _grouped_topk(
@@ -47,11 +54,11 @@ def _grouped_topk(
         group_score = grouped.amax(dim=-1)
     else:  # DeepSeek-V3: a group's score is the sum of its two best biased scores
         group_score = grouped.topk(min(2, e // groups), dim=-1).values.sum(dim=-1)
-    top_groups = group_score.topk(keep, dim=-1).indices
+    top_groups = _top(group_score, keep)[1]
     group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, top_groups, True)
     expert_mask = group_mask.unsqueeze(-1).expand(m, groups, e // groups).reshape(m, e)
     masked = choice.masked_fill(~expert_mask, float("-inf"))
-    ids = masked.topk(k, dim=-1).indices
+    ids = _top(masked, k)[1]
     weights = scores.gather(1, ids)
     if config.renormalize_grouped:
         weights = weights / weights.sum(dim=-1, keepdim=True)

@@ -32,8 +32,9 @@ from mxmoe import MoEConfig, random_weights, reference_experts, reference_moe, r
 from mxmoe.reference import tolerance
 from mxmoe.testing import BackendConformance, Case
 from mxmoe_emulation.triton_backend import hooks
-from mxmoe_emulation.triton_backend.launch import _align, moe_forward
-from mxmoe_emulation.triton_backend.op import op_arguments
+from mxmoe_emulation.triton_backend.launch import _align, moe_forward, route_topk
+from mxmoe_emulation.triton_backend.op import op_arguments, triton_route
+from mxmoe_emulation.triton_backend.probe import ROUTED_HERE
 from mxmoe_emulation.triton_backend.tiles import INTERPRETER_TILES
 from test_triton_helpers import BACKEND, ensure_registered, fresh_seed, inputs, loaded_layer
 
@@ -128,6 +129,52 @@ def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | No
     assert order == sorted(order)
 
 
+@pytest.mark.parametrize("method", [r.value for r in ROUTED_HERE])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("m", "e", "k"), [(1, 8, 2), (7, 32, 4), (33, 128, 4), (5, 6, 3),
+                                           (3, 16, 1), (2, 20, 6)])
+def test_routing_kernel_matches_route(method: str, dtype: torch.dtype, m: int, e: int,
+                                      k: int) -> None:
+    """One launch computes what mxmoe.route does: the same experts in the same order,
+    weights to float32 rounding (non-power-of-two E and k included)."""
+    config = MoEConfig(num_experts=e, top_k=k, hidden_size=64, intermediate_size=64,
+                       routing=method)
+    gen = torch.Generator().manual_seed(fresh_seed())
+    logits = (torch.randn(m, e, generator=gen) * 3).to(dtype)
+    weights, ids = route_topk(logits, method, k)
+    want_weights, want_ids = route(logits, config)
+    assert ids.dtype == torch.int32 and weights.dtype == torch.float32
+    assert torch.equal(ids, want_ids), f"{method} {dtype} M={m} E={e} k={k}"
+    torch.testing.assert_close(weights, want_weights, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", [r.value for r in ROUTED_HERE])
+def test_routing_kernel_breaks_ties_like_route(method: str) -> None:
+    """Equal logits, inside the top k and across its boundary: lower expert id first."""
+    logits = torch.tensor([[0.5, 2.0, 0.5, 2.0, -1.0, 2.0, 2.0, 0.0],
+                           [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.bfloat16)
+    weights, ids = route_topk(logits, method, 3)
+    config = MoEConfig(num_experts=8, top_k=3, hidden_size=64, intermediate_size=64,
+                       routing=method)
+    assert ids.tolist() == [[1, 3, 5], [0, 1, 2]] == route(logits, config)[1].tolist()
+    torch.testing.assert_close(weights, route(logits, config)[0], rtol=2e-6, atol=1e-7)
+
+
+def test_layer_routes_internally_for_plain_methods_only() -> None:
+    """The verdict says so for renormalize / renormalize_naive / default; grouped top-k
+    is routed by mxmoe before apply; apply without top-k for it is a ValueError."""
+    assert hooks.supports_config(_BASE, CPU).routes_internally
+    grouped = _BASE.replace(routing="grouped_topk", num_expert_group=2, topk_group=1)
+    assert not hooks.supports_config(grouped, CPU).routes_internally
+    converted = hooks.convert_weights(grouped, random_weights(grouped, seed=1), CPU)
+    x, logits = inputs(grouped, 3, 1)
+    with pytest.raises(ValueError, match="topk_weights, topk_ids: required for routing='grouped_topk'"):
+        hooks.apply(grouped, converted, x, None, None, logits, None)
+    with pytest.raises(ValueError, match="router_logits: expected shape"):
+        hooks.apply(_BASE, hooks.convert_weights(_BASE, random_weights(_BASE, seed=1), CPU),
+                    x, None, None, logits[:, :3], None)
+
+
 def test_non_contiguous_inputs_are_accepted() -> None:
     config, seed = _BASE, fresh_seed()
     layer = loaded_layer(config, random_weights(config, seed=seed), CPU)
@@ -157,6 +204,8 @@ def test_custom_op_schema_and_fake_implementation() -> None:
     topk_weights, topk_ids = route(logits, config)
     args = op_arguments(x, topk_weights, topk_ids, None, converted)
     torch.library.opcheck(torch.ops.mxmoe_emulation.triton_moe.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.mxmoe_emulation.triton_route.default, (logits, "renormalize", 2),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -139,7 +139,11 @@ def _converted() -> object:
 @pytest.mark.parametrize(("args", "error", "match"), [
     ({"hidden_states": torch.zeros(3, 64, dtype=torch.float16)}, TypeError, "hidden_states: expected dtype"),
     ({"hidden_states": torch.zeros(3, 32, dtype=torch.bfloat16)}, ValueError, r"hidden_states: expected shape \[M, 64\]"),
-    ({"topk_ids": None}, ValueError, "topk_weights, topk_ids: required"),
+    ({"topk_ids": None}, ValueError, "topk_weights, topk_ids: expected both or neither"),
+    ({"topk_ids": None, "topk_weights": None, "router_logits": torch.zeros(3, 5)}, ValueError,
+     r"router_logits: expected shape \[3, 4\]"),
+    ({"topk_ids": None, "topk_weights": None, "router_logits": torch.zeros(3, 4, dtype=torch.int32)},
+     TypeError, "router_logits: expected a floating-point tensor"),
     ({"topk_ids": torch.zeros(3, 3, dtype=torch.int32)}, ValueError, "expected shape"),
     ({"topk_ids": torch.zeros(3, 2)}, TypeError, "topk_ids: expected an int32 tensor"),
     ({"weights": "not converted"}, TypeError, "weights: expected what convert_weights returned"),
@@ -148,7 +152,7 @@ def test_apply_names_the_bad_argument(args: dict, error: type, match: str) -> No
     call = {"config": CONFIG, "weights": _converted(),
             "hidden_states": torch.zeros(3, 64, dtype=torch.bfloat16),
             "topk_weights": torch.full((3, 2), 0.5), "topk_ids": torch.zeros(3, 2, dtype=torch.int32),
-            "expert_map": None}
+            "router_logits": torch.zeros(3, 4), "expert_map": None}
     call.update(args)
     with pytest.raises(error, match=match):
         hooks.apply(**call)

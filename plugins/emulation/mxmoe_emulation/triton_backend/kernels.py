@@ -1,7 +1,7 @@
 """The Triton kernels of the ``triton`` backend (imported only once Triton is known to work).
 
 One layer is four launches, all on the device, none waiting for the host (five with
-split K, see :mod:`.launch`):
+split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes:
 
 1. :func:`align_kernel` (one program; skipped for a single token, whose slots are
    distinct experts and become one block each): counts the tokens routed to each local expert
@@ -56,7 +56,54 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "sum_slots_kernel"]
+__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "route_kernel", "sum_slots_kernel"]
+
+
+# -- routing: logits -> top-k ---------------------------------------------------------
+
+
+@triton.jit
+def route_kernel(
+    logits_ptr, stride_logits, weights_ptr, ids_ptr, num_tokens, num_experts,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, METHOD: tl.constexpr, E_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """mxmoe.routing's plain methods for BLOCK_T tokens in one launch: the top-k by
+    repeated arg-max (ties to the lower expert id, as ``route`` documents), chosen on the
+    logits for "renormalize" and on the float32 softmax otherwise, then the weights
+    (softmax of the k logits; the k probabilities, divided by their sum for
+    "renormalize_naive"). Replaces the several small PyTorch kernels of ``route`` where
+    a decode-size layer is only a few tens of microseconds of work."""
+    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    experts = tl.arange(0, E_PAD)
+    t_mask = tokens < num_tokens
+    mask = t_mask[:, None] & (experts < num_experts)[None, :]
+    x = tl.load(logits_ptr + tokens.to(tl.int64)[:, None] * stride_logits + experts[None, :],
+                mask=mask, other=float("-inf")).to(tl.float32)
+    if METHOD == "renormalize":
+        score = x
+    else:
+        e = tl.exp(x - tl.max(x, axis=1)[:, None])
+        score = e / tl.sum(e, axis=1)[:, None]
+    slots = tl.arange(0, K_PAD)
+    chosen = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
+    values = tl.full([BLOCK_T, K_PAD], float("-inf"), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        best = tl.max(score, axis=1)
+        pick = tl.min(tl.where(score == best[:, None], experts[None, :], E_PAD), axis=1)
+        chosen = tl.where(slots[None, :] == j, pick[:, None], chosen)
+        values = tl.where(slots[None, :] == j, best[:, None], values)
+        score = tl.where(experts[None, :] == pick[:, None], float("-inf"), score)
+    if METHOD == "renormalize":
+        e = tl.exp(values - tl.max(values, axis=1)[:, None])  # the padding slots give 0
+        values = e / tl.sum(e, axis=1)[:, None]
+    elif METHOD == "renormalize_naive":
+        values = tl.where(slots[None, :] < TOP_K, values, 0.0)
+        values = values / tl.sum(values, axis=1)[:, None]
+    out = tokens.to(tl.int64)[:, None] * TOP_K + slots[None, :]
+    out_mask = t_mask[:, None] & (slots < TOP_K)[None, :]
+    tl.store(weights_ptr + out, values, mask=out_mask)
+    tl.store(ids_ptr + out, chosen, mask=out_mask)
 
 
 # -- routing: slots grouped by local expert -------------------------------------------

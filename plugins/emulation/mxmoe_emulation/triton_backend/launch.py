@@ -17,12 +17,13 @@ import functools
 import torch
 import triton
 
-from .kernels import activation_kernel, align_kernel, moe_gemm_kernel, sum_slots_kernel
+from .kernels import (activation_kernel, align_kernel, moe_gemm_kernel, route_kernel,
+                      sum_slots_kernel)
 from .layout import LayerMath, TritonWeights
 from .probe import interpreting
 from .tiles import Tiles, tiles_for
 
-__all__ = ["moe_forward", "num_blocks_bound"]
+__all__ = ["moe_forward", "num_blocks_bound", "route_topk"]
 
 _REDUCE_BLOCK = 1024
 _ALIGN_CHUNK = 1024
@@ -31,6 +32,24 @@ _ALIGN_CHUNK = 1024
 def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> int:
     """Most blocks the slots can need: whole blocks plus one partial per used expert."""
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
+
+
+def route_topk(router_logits: torch.Tensor, method: str,
+               top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(topk_weights float32 [M, k], topk_ids int32 [M, k]) of ``router_logits`` [M, E]
+    (last dimension contiguous) by one of mxmoe's plain routing methods, in one launch."""
+    m, e = router_logits.shape
+    weights = torch.empty(m, top_k, dtype=torch.float32, device=router_logits.device)
+    ids = torch.empty(m, top_k, dtype=torch.int32, device=router_logits.device)
+    if m:
+        e_pad = triton.next_power_of_2(e)
+        block_t = min(16, max(1, 2048 // e_pad))
+        route_kernel[(triton.cdiv(m, block_t),)](
+            router_logits, router_logits.stride(0), weights, ids, m, e, TOP_K=top_k,
+            K_PAD=triton.next_power_of_2(top_k), METHOD=method, E_PAD=e_pad, BLOCK_T=block_t,
+            num_warps=4,
+        )
+    return weights, ids
 
 
 def _hopper(device: torch.device) -> bool:

@@ -13,10 +13,10 @@ from typing import Optional
 
 import torch
 
-from .launch import moe_forward
+from .launch import moe_forward, route_topk
 from .layout import LayerMath, TritonWeights
 
-__all__ = ["op_arguments", "run", "triton_moe"]
+__all__ = ["op_arguments", "run", "triton_moe", "triton_route"]
 
 
 @torch.library.custom_op("mxmoe_emulation::triton_moe", mutates_args=())
@@ -52,6 +52,20 @@ def _triton_moe_fake(hidden_states, topk_weights, topk_ids, expert_map, w13, w13
                      w2_scale, w13_bias, w2_bias, weight_format, activation, alpha, beta, limit,
                      weight_on_input, w13_scale_bias, w2_scale_bias):
     return torch.empty_like(hidden_states)
+
+
+@torch.library.custom_op("mxmoe_emulation::triton_route", mutates_args=())
+def triton_route(router_logits: torch.Tensor, method: str,
+                 top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing (see :func:`mxmoe_emulation.triton_backend.launch.route_topk`)."""
+    return route_topk(router_logits, method, top_k)
+
+
+@triton_route.register_fake
+def _triton_route_fake(router_logits, method, top_k):
+    m = router_logits.shape[0]
+    return (router_logits.new_empty((m, top_k), dtype=torch.float32),
+            router_logits.new_empty((m, top_k), dtype=torch.int32))
 
 
 def op_arguments(hidden_states: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,

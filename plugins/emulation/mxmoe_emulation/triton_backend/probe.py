@@ -14,12 +14,16 @@ import importlib.util
 import os
 
 import torch
-from mxmoe import MoEConfig, Verdict, WeightFormat
+from mxmoe import MoEConfig, RoutingMethod, Verdict, WeightFormat
 
-__all__ = ["MIN_COMPUTE_CAPABILITY", "PRIORITY", "interpreting", "supports"]
+__all__ = ["MIN_COMPUTE_CAPABILITY", "PRIORITY", "ROUTED_HERE", "interpreting", "supports"]
 
 #: Above ``emulation`` (the PyTorch fallback), below vendor kernels on their hardware.
 PRIORITY = 50
+
+#: Routing methods the backend computes itself (one Triton launch; grouped top-k is
+#: left to mxmoe.route).
+ROUTED_HERE = (RoutingMethod.RENORMALIZE, RoutingMethod.RENORMALIZE_NAIVE, RoutingMethod.DEFAULT)
 
 #: Ampere: the first NVIDIA generation with BF16 tensor cores.
 MIN_COMPUTE_CAPABILITY = (8, 0)
@@ -81,4 +85,5 @@ def supports(config: MoEConfig, device: torch.device) -> Verdict:
         return Verdict.no(problem)
     # MXFP4's split-nibble layout (layout.py) pairs MX blocks: K a multiple of 64
     multiple = 64 if config.weight_format is WeightFormat.MXFP4 else 32
-    return Verdict.yes(PRIORITY, hidden_multiple=multiple, intermediate_multiple=multiple)
+    return Verdict.yes(PRIORITY, hidden_multiple=multiple, intermediate_multiple=multiple,
+                       routes_internally=config.routing in ROUTED_HERE)
