@@ -83,6 +83,12 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-64x64-w4-s3-p": Tiles(16, 64, 64, 64, 4, 3, pair_decode=True),
     "b128-64x64-w4-s3-p": Tiles(128, 64, 64, 64, 4, 3, pair_decode=True),
     "b128-64x128-w4-s4-p": Tiles(128, 64, 64, 128, 4, 4, pair_decode=True),
+    # v10: split K on the decode tiles (the v2 trial used 64-deep K steps only)
+    "s16-32x256-w2-s3-k2": Tiles(16, 32, 32, 256, 2, 3, split_k=2),
+    "s16-32x256-w2-s3-k3": Tiles(16, 32, 32, 256, 2, 3, split_k=3),
+    "s16-32x128-w2-s3-k2": Tiles(16, 32, 32, 128, 2, 3, split_k=2),
+    "s16-32x128-w2-s3-k4": Tiles(16, 32, 32, 128, 2, 3, split_k=4),
+    "s16-64x128-w4-s3-p-k2": Tiles(16, 64, 64, 128, 4, 3, split_k=2, pair_decode=True),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
