@@ -111,6 +111,18 @@ def test_cuda_graph_replay_matches_eager(gpt_oss_20b, m: int) -> None:
         assert torch.equal(static_out, eager), f"M={m} replay {step}: differs from eager"
 
 
+@pytest.mark.parametrize("m", [1, 2, 64, 1024])
+def test_dependent_launch_changes_no_bit(gpt_oss_20b, m: int,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programmatic dependent launch (on by default on Hopper) against plain launches:
+    the same bits (the kernels wait for their inputs either way), eager and replayed."""
+    config, _, layer = gpt_oss_20b
+    x, logits = inputs(config, m, fresh_seed(), CUDA)
+    with_pdl = layer(x, logits)
+    monkeypatch.setenv("MXMOE_TRITON_PDL", "0")
+    assert torch.equal(layer(x, logits), with_pdl), f"M={m}"
+
+
 def test_compiled_layer_matches_eager(gpt_oss_20b) -> None:
     """torch.compile keeps the custom op as one opaque node (fullgraph: no breaks)."""
     config, _, layer = gpt_oss_20b

@@ -156,3 +156,14 @@ def test_apply_names_the_bad_argument(args: dict, error: type, match: str) -> No
     call.update(args)
     with pytest.raises(error, match=match):
         hooks.apply(**call)
+
+
+def test_pdl_switch_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programmatic dependent launch is off on the CPU; the switch takes 0 or 1 only."""
+    pytest.importorskip("triton", reason="the launch module needs Triton")
+    from mxmoe_emulation.triton_backend.launch import PDL_ENV, use_pdl
+
+    assert not use_pdl(torch.device("cpu"))
+    monkeypatch.setenv(PDL_ENV, "yes")
+    with pytest.raises(ValueError, match="MXMOE_TRITON_PDL: expected '0' or '1', got 'yes'"):
+        use_pdl(torch.device("cpu"))

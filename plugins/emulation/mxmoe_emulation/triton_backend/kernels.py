@@ -55,8 +55,31 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 __all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "route_kernel", "sum_slots_kernel"]
+
+
+# -- programmatic dependent launch ----------------------------------------------------
+
+
+@triton.jit
+def _wait_for_inputs(PDL: tl.constexpr):
+    """With programmatic dependent launch (Hopper), a kernel starts while the previous one
+    finishes; it waits here, before reading anything, until that kernel's writes are
+    visible. Every launch of a layer is a dependent one, so each waits for the one before
+    (and so, transitively, for all earlier ones)."""
+    if PDL:
+        gdc_wait()
+
+
+@triton.jit
+def _release_dependents(PDL: tl.constexpr):
+    """Let the next launch start its programs (they wait in _wait_for_inputs). GEMMs call
+    this after their K loop, so at large M the next kernel does not take SM slots from
+    the GEMM's later waves."""
+    if PDL:
+        gdc_launch_dependents()
 
 
 # -- routing: logits -> top-k ---------------------------------------------------------
@@ -66,7 +89,7 @@ __all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "route_kernel
 def route_kernel(
     logits_ptr, stride_logits, weights_ptr, ids_ptr, num_tokens, num_experts,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, METHOD: tl.constexpr, E_PAD: tl.constexpr,
-    BLOCK_T: tl.constexpr,
+    BLOCK_T: tl.constexpr, PDL: tl.constexpr,
 ):
     """mxmoe.routing's plain methods for BLOCK_T tokens in one launch: the top-k by
     repeated arg-max (ties to the lower expert id, as ``route`` documents), chosen on the
@@ -74,6 +97,8 @@ def route_kernel(
     (softmax of the k logits; the k probabilities, divided by their sum for
     "renormalize_naive"). Replaces the several small PyTorch kernels of ``route`` where
     a decode-size layer is only a few tens of microseconds of work."""
+    _wait_for_inputs(PDL)
+    _release_dependents(PDL)
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     experts = tl.arange(0, E_PAD)
     t_mask = tokens < num_tokens
@@ -124,7 +149,7 @@ def align_kernel(
     counts_ptr, rank_ptr, row_start_ptr,
     num_slots, num_blocks,
     NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, HAS_MAP: tl.constexpr,
-    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
+    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """Group the slots by local expert into blocks of BLOCK_M rows (one program).
 
@@ -132,6 +157,8 @@ def align_kernel(
     scratch. Every one of the ``num_blocks`` block entries is written (unused ones get
     0 rows), so no buffer needs clearing by the caller.
     """
+    _wait_for_inputs(PDL)
+    _release_dependents(PDL)
     experts = tl.arange(0, E_PAD)
     tl.store(counts_ptr + experts, tl.zeros([E_PAD], dtype=tl.int32))
     tl.debug_barrier()
@@ -409,6 +436,7 @@ def moe_gemm_kernel(
     EPB: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     SLOT_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
     SPLIT_K slices of K) tile.
@@ -426,6 +454,7 @@ def moe_gemm_kernel(
     ``SLOT_BLOCKS`` (a single token, no expert map) there is no align step: block ``b``
     is slot ``b`` alone and ``block_expert_ptr`` is the top-k ids.
     """
+    _wait_for_inputs(PDL)
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
     split = pid % SPLIT_K
@@ -517,6 +546,7 @@ def moe_gemm_kernel(
         wg_ptrs += W_BYTES
         wu_ptrs += W_BYTES
 
+    _release_dependents(PDL)
     acc_g = acc_g * acc_scale
     acc_u = acc_u * acc_scale
     out_rows = slots.to(tl.int64)
@@ -547,10 +577,12 @@ def activation_kernel(
     num_slots, N, up_offset, alpha, beta, limit,
     SPLIT_K: tl.constexpr, ROW_STEP: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr,
-    INTERPRET: tl.constexpr, BLOCK: tl.constexpr,
+    INTERPRET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     """GEMM1's epilogue after a split K: act[slot] = activation(sum of the float32
     partials [split, slot, (gate | up), N] + bias), splits summed in order."""
+    _wait_for_inputs(PDL)
+    _release_dependents(PDL)
     slot = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     # the slot's local expert, as a vector over the columns (see sum_slots_kernel)
@@ -580,10 +612,12 @@ def activation_kernel(
 def sum_slots_kernel(
     slot_out_ptr, ids_ptr, map_ptr, out_ptr, H, num_slots,
     TOP_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr,
 ):
     """out[t] = sum over j (and over K splits) of slot_out[split, t * TOP_K + j], local
     experts only, in a fixed order."""
+    _wait_for_inputs(PDL)
+    _release_dependents(PDL)
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H

@@ -13,6 +13,7 @@ split K, float32 partial sums [split, M * top_k, 2I] and [split, M * top_k, H].
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -23,7 +24,7 @@ from .layout import LayerMath, TritonWeights
 from .probe import interpreting
 from .tiles import Tiles, tiles_for
 
-__all__ = ["moe_forward", "num_blocks_bound", "route_topk"]
+__all__ = ["PDL_ENV", "moe_forward", "num_blocks_bound", "route_topk", "use_pdl"]
 
 _REDUCE_BLOCK = 1024
 _ALIGN_CHUNK = 1024
@@ -32,6 +33,21 @@ _ALIGN_CHUNK = 1024
 def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> int:
     """Most blocks the slots can need: whole blocks plus one partial per used expert."""
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
+
+
+#: Environment switch for programmatic dependent launch on Hopper and later ("0" or "1").
+PDL_ENV = "MXMOE_TRITON_PDL"
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Whether the layer's launches overlap their neighbours' start-up and tail through
+    programmatic dependent launch: NVIDIA GPUs of compute capability >= 9.0, not under
+    the interpreter, unless ``MXMOE_TRITON_PDL=0``."""
+    setting = os.environ.get(PDL_ENV, "1").strip()
+    if setting not in ("0", "1"):
+        raise ValueError(f"{PDL_ENV}: expected '0' or '1', got {setting!r}")
+    return (setting == "1" and device.type == "cuda" and torch.version.hip is None
+            and not interpreting() and _capability(device.index)[0] >= 9)
 
 
 def route_topk(router_logits: torch.Tensor, method: str,
@@ -44,10 +60,11 @@ def route_topk(router_logits: torch.Tensor, method: str,
     if m:
         e_pad = triton.next_power_of_2(e)
         block_t = min(16, max(1, 2048 // e_pad))
+        pdl = use_pdl(router_logits.device)
         route_kernel[(triton.cdiv(m, block_t),)](
             router_logits, router_logits.stride(0), weights, ids, m, e, TOP_K=top_k,
             K_PAD=triton.next_power_of_2(top_k), METHOD=method, E_PAD=e_pad, BLOCK_T=block_t,
-            num_warps=4,
+            PDL=pdl, num_warps=4, launch_pdl=pdl,
         )
     return weights, ids
 
@@ -62,7 +79,7 @@ def _capability(index: int | None) -> tuple[int, int]:
 
 
 def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
-           block_m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           block_m: int, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sorted_slots [blocks * block_m], block_expert [blocks], block_rows [blocks])."""
     num_slots = ids.numel()
     blocks = num_blocks_bound(num_slots, num_local, block_m)
@@ -76,7 +93,8 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
         ids, ids if expert_map is None else expert_map, sorted_slots, block_expert, block_rows,
         counts, rank, row_start, num_slots, blocks,
         NUM_LOCAL=num_local, E_PAD=e_pad, HAS_MAP=expert_map is not None, BLOCK_M=block_m,
-        CHUNK=_ALIGN_CHUNK, BLOCK_CHUNK=max(16, 4096 // e_pad), num_warps=8,
+        CHUNK=_ALIGN_CHUNK, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl, num_warps=8,
+        launch_pdl=pdl,
     )
     return sorted_slots, block_expert, block_rows
 
@@ -90,6 +108,7 @@ class _Launcher:
                  expert_map: torch.Tensor | None, top_k: int) -> None:
         self.weights, self.tiles, self.asm, self.dtype, self.top_k = weights, tiles, asm, dtype, top_k
         self.interpret = interpret
+        self.pdl = use_pdl(ids.device)
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
         # a single token's slots are distinct experts: one block each, no align launch
@@ -97,7 +116,7 @@ class _Launcher:
         if self.slot_blocks:
             self.table = (ids, ids, ids)  # block b: slot b, expert ids[b] (rows unused)
         else:
-            self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m)
+            self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m, self.pdl)
 
     def _scale_bias(self, bias: int) -> tuple[int, float]:
         """(scale_bias, acc_scale) of a GEMM: only the bf16 PTX decode biases scales."""
@@ -139,7 +158,8 @@ class _Launcher:
             SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, SLOT_BLOCKS=self.slot_blocks,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            launch_pdl=self.pdl,
         )
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:
@@ -155,7 +175,7 @@ class _Launcher:
             SPLIT_K=split, ROW_STEP=2 if math.interleaved else 1, ACTIVATION=math.activation,
             HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
             HAS_MAP=self.expert_map is not None, INTERPRET=self.interpret, BLOCK=_REDUCE_BLOCK,
-            num_warps=4,
+            PDL=self.pdl, num_warps=4, launch_pdl=self.pdl,
         )
 
     def sum_slots(self, slot_out: torch.Tensor, out: torch.Tensor) -> None:
@@ -164,7 +184,8 @@ class _Launcher:
         sum_slots_kernel[(out.shape[0], triton.cdiv(hidden, _REDUCE_BLOCK))](
             slot_out, self.ids, self.ids if self.expert_map is None else self.expert_map, out,
             hidden, slots, TOP_K=self.top_k, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
-            BLOCK_H=_REDUCE_BLOCK, INTERPRET=self.interpret, num_warps=4,
+            BLOCK_H=_REDUCE_BLOCK, INTERPRET=self.interpret, PDL=self.pdl, num_warps=4,
+            launch_pdl=self.pdl,
         )
 
 
