@@ -123,6 +123,24 @@ def test_dependent_launch_changes_no_bit(gpt_oss_20b, m: int,
     assert torch.equal(layer(x, logits), with_pdl), f"M={m}"
 
 
+@pytest.mark.parametrize("m", [1, 64])
+def test_out_of_range_ids_do_not_fault(gpt_oss_20b, m: int) -> None:
+    """Caller-made ids outside [0, E) through apply: no illegal memory access (the
+    context stays usable), and those slots add nothing."""
+    config, _, layer = gpt_oss_20b
+    x, logits = inputs(config, m, fresh_seed(), CUDA)
+    topk_weights, topk_ids = route(logits, config)
+    bad_ids, zeroed, safe_ids = topk_ids.clone(), topk_weights.clone(), topk_ids.clone()
+    bad_ids[:, 0] = config.num_experts + 7
+    zeroed[:, 0] = 0.0
+    safe_ids[:, 0] = 0
+    apply = layer.backend.apply
+    got = apply(config, layer._converted, x, topk_weights, bad_ids, logits, None)
+    want = apply(config, layer._converted, x, zeroed, safe_ids, logits, None)
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+
+
 def test_compiled_layer_matches_eager(gpt_oss_20b) -> None:
     """torch.compile keeps the custom op as one opaque node (fullgraph: no breaks)."""
     config, _, layer = gpt_oss_20b

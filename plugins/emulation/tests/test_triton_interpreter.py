@@ -175,6 +175,30 @@ def test_layer_routes_internally_for_plain_methods_only() -> None:
                     x, None, None, logits[:, :3], None)
 
 
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("m", [1, 7])
+@pytest.mark.parametrize("mapped", [False, True], ids=["no-map", "map"])
+def test_out_of_range_ids_contribute_nothing(m: int, mapped: bool, split: int) -> None:
+    """apply with caller-made ids outside [0, E): no kernel leaves its tensors (on a GPU
+    that would be a fault), and such a slot adds nothing, like a slot of another rank."""
+    config = _BASE.replace(expert_map=(0, -1, 1, -1, -1, 2, -1, 3)) if mapped else _BASE
+    seed = fresh_seed()
+    converted = hooks.convert_weights(config, random_weights(config, seed=seed), CPU)
+    x, logits = inputs(config, m, seed)
+    topk_weights, topk_ids = route(logits, config)
+    emap = torch.tensor(config.expert_map, dtype=torch.int32) if mapped else None
+    bad_ids, zeroed = topk_ids.clone(), topk_weights.clone()
+    bad_ids[:, 0] = torch.tensor([config.num_experts, -5, 1 << 20])[torch.arange(m) % 3].to(torch.int32)
+    zeroed[:, 0] = 0.0
+    safe_ids = topk_ids.clone()
+    safe_ids[:, 0] = 0
+    tiles = dataclasses.replace(INTERPRETER_TILES, split_k=split)
+    got = moe_forward(x, topk_weights, bad_ids, emap, converted, tiles)
+    want = moe_forward(x, zeroed, safe_ids, emap, converted, tiles)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_non_contiguous_inputs_are_accepted() -> None:
     config, seed = _BASE, fresh_seed()
     layer = loaded_layer(config, random_weights(config, seed=seed), CPU)

@@ -135,9 +135,12 @@ def route_kernel(
 
 
 @triton.jit
-def _local_experts(ids_ptr, map_ptr, slots, num_slots, HAS_MAP: tl.constexpr):
-    """Local expert of each slot, -1 for padding slots and non-local experts."""
-    ids = tl.load(ids_ptr + slots, mask=slots < num_slots, other=-1)
+def _local_experts(ids_ptr, map_ptr, slots, mask, num_experts, HAS_MAP: tl.constexpr):
+    """Local expert of each slot, -1 for masked slots, non-local experts and ids outside
+    [0, num_experts) (apply is also called with caller-made ids: one out of range must
+    not send a kernel outside its tensors; such a slot contributes nothing)."""
+    ids = tl.load(ids_ptr + slots, mask=mask, other=-1)
+    ids = tl.where((ids >= 0) & (ids < num_experts), ids, -1)
     if HAS_MAP:
         ids = tl.load(map_ptr + ids, mask=ids >= 0, other=-1)
     return ids
@@ -147,7 +150,7 @@ def _local_experts(ids_ptr, map_ptr, slots, num_slots, HAS_MAP: tl.constexpr):
 def align_kernel(
     ids_ptr, map_ptr, sorted_slots_ptr, block_expert_ptr, block_rows_ptr,
     counts_ptr, rank_ptr, row_start_ptr,
-    num_slots, num_blocks,
+    num_slots, num_blocks, num_experts,
     NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, HAS_MAP: tl.constexpr,
     BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -164,7 +167,7 @@ def align_kernel(
     tl.debug_barrier()
     for start in range(0, num_slots, CHUNK):
         slots = start + tl.arange(0, CHUNK)
-        local = _local_experts(ids_ptr, map_ptr, slots, num_slots, HAS_MAP)
+        local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts, HAS_MAP)
         valid = local >= 0
         rank = tl.atomic_add(counts_ptr + local, tl.full([CHUNK], 1, tl.int32), mask=valid,
                              sem="relaxed")
@@ -178,7 +181,7 @@ def align_kernel(
     tl.debug_barrier()
     for start in range(0, num_slots, CHUNK):
         slots = start + tl.arange(0, CHUNK)
-        local = _local_experts(ids_ptr, map_ptr, slots, num_slots, HAS_MAP)
+        local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts, HAS_MAP)
         valid = local >= 0
         row = (tl.load(row_start_ptr + local, mask=valid, other=0)
                + tl.load(rank_ptr + slots, mask=valid, other=0))
@@ -429,7 +432,7 @@ def moe_gemm_kernel(
     bias_ptr, stride_be,
     out_ptr, stride_out, stride_split,
     sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
-    N, K, up_offset, acc_scale, alpha, beta, limit,
+    N, K, num_experts, up_offset, acc_scale, alpha, beta, limit,
     TOP_K: tl.constexpr, GATED: tl.constexpr, ROW_STEP: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
@@ -462,8 +465,12 @@ def moe_gemm_kernel(
     blk = tile // n_tiles
     offs_m = tl.arange(0, BLOCK_M)
     if SLOT_BLOCKS:
-        # one block per slot, its expert read straight from the top-k ids
-        expert = tl.load(block_expert_ptr + blk).to(tl.int64)
+        # one block per slot, its expert read straight from the top-k ids (num_experts:
+        # an id outside [0, num_experts) makes an empty block, as the align step would)
+        expert = tl.load(block_expert_ptr + blk)
+        if (expert < 0) | (expert >= num_experts):
+            return
+        expert = expert.to(tl.int64)
         m_mask = offs_m < 1
         slots = blk + 0 * offs_m
     else:
@@ -574,7 +581,7 @@ def moe_gemm_kernel(
 @triton.jit
 def activation_kernel(
     partial_ptr, ids_ptr, map_ptr, bias_ptr, stride_be, act_ptr,
-    num_slots, N, up_offset, alpha, beta, limit,
+    num_slots, num_experts, N, up_offset, alpha, beta, limit,
     SPLIT_K: tl.constexpr, ROW_STEP: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr,
     INTERPRET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
@@ -586,9 +593,8 @@ def activation_kernel(
     slot = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     # the slot's local expert, as a vector over the columns (see sum_slots_kernel)
-    local = tl.load(ids_ptr + slot + tl.zeros_like(cols))
-    if HAS_MAP:
-        local = tl.load(map_ptr + local)
+    local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0, num_experts,
+                           HAS_MAP)
     mask = (cols < N) & (local >= 0)
     gate = tl.zeros([BLOCK], dtype=tl.float32)
     up = tl.zeros([BLOCK], dtype=tl.float32)
@@ -610,7 +616,7 @@ def activation_kernel(
 
 @triton.jit
 def sum_slots_kernel(
-    slot_out_ptr, ids_ptr, map_ptr, out_ptr, H, num_slots,
+    slot_out_ptr, ids_ptr, map_ptr, out_ptr, H, num_slots, num_experts,
     TOP_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_H: tl.constexpr,
     INTERPRET: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -626,9 +632,8 @@ def sum_slots_kernel(
         slot = token * TOP_K + j
         # the slot's expert, loaded as a vector over the columns (a broadcast load):
         # the interpreter rejects masks mixing a scalar condition into a tensor
-        local = tl.load(ids_ptr + slot + tl.zeros_like(cols))
-        if HAS_MAP:
-            local = tl.load(map_ptr + local)
+        local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0,
+                               num_experts, HAS_MAP)
         for split in tl.static_range(SPLIT_K):
             acc += tl.load(slot_out_ptr + (split * num_slots + slot) * H + cols,
                            mask=col_mask & (local >= 0), other=0.0).to(tl.float32)

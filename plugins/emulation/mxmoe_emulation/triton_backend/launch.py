@@ -89,9 +89,10 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
                       device=ids.device)
     sorted_slots, block_expert, block_rows, counts, row_start, rank = buf.split(
         [blocks * block_m, blocks, blocks, e_pad, e_pad, num_slots])
+    num_experts = num_local if expert_map is None else expert_map.numel()
     align_kernel[(1,)](
         ids, ids if expert_map is None else expert_map, sorted_slots, block_expert, block_rows,
-        counts, rank, row_start, num_slots, blocks,
+        counts, rank, row_start, num_slots, blocks, num_experts,
         NUM_LOCAL=num_local, E_PAD=e_pad, HAS_MAP=expert_map is not None, BLOCK_M=block_m,
         CHUNK=_ALIGN_CHUNK, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl, num_warps=8,
         launch_pdl=pdl,
@@ -111,6 +112,7 @@ class _Launcher:
         self.pdl = use_pdl(ids.device)
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
+        self.num_experts = weights.w13.shape[0] if expert_map is None else expert_map.numel()
         # a single token's slots are distinct experts: one block each, no align launch
         self.slot_blocks = ids.numel() == top_k and expert_map is None
         if self.slot_blocks:
@@ -147,7 +149,7 @@ class _Launcher:
             wq if bias is None else bias, 0 if bias is None else bias.stride(0),
             out, row_stride, out.stride(0) if split > 1 else 0,
             sorted_slots, block_expert, block_rows, self.route_w,
-            n, k, (1 if interleaved else n) if gated else 0, acc_scale,
+            n, k, self.num_experts, (1 if interleaved else n) if gated else 0, acc_scale,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
             TOP_K=self.top_k, GATED=gated, ROW_STEP=2 if interleaved else 1,
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
@@ -170,7 +172,7 @@ class _Launcher:
         activation_kernel[(slots, triton.cdiv(n, _REDUCE_BLOCK))](
             partials, self.ids, self.ids if self.expert_map is None else self.expert_map,
             partials if bias is None else bias, 0 if bias is None else bias.stride(0), act,
-            slots, n, 1 if math.interleaved else n,
+            slots, self.num_experts, n, 1 if math.interleaved else n,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
             SPLIT_K=split, ROW_STEP=2 if math.interleaved else 1, ACTIVATION=math.activation,
             HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
@@ -183,7 +185,8 @@ class _Launcher:
         split, slots, hidden = slot_out.shape
         sum_slots_kernel[(out.shape[0], triton.cdiv(hidden, _REDUCE_BLOCK))](
             slot_out, self.ids, self.ids if self.expert_map is None else self.expert_map, out,
-            hidden, slots, TOP_K=self.top_k, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
+            hidden, slots, self.num_experts, TOP_K=self.top_k, SPLIT_K=split,
+            HAS_MAP=self.expert_map is not None,
             BLOCK_H=_REDUCE_BLOCK, INTERPRET=self.interpret, PDL=self.pdl, num_warps=4,
             launch_pdl=self.pdl,
         )
