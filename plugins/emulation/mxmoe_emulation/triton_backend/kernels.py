@@ -300,6 +300,21 @@ def _e2m1_values(codes):
 
 
 @triton.jit
+def _ptx_decode(wq, s_lo, s_hi, TO_BF16: tl.constexpr, TO_FP16: tl.constexpr,
+                CONSTRAINTS: tl.constexpr, PACK: tl.constexpr, DTYPE: tl.constexpr):
+    """One of the PTX decodes above, for bf16 or fp16 weights."""
+    if DTYPE == tl.bfloat16:
+        w_lo, w_hi = tl.inline_asm_elementwise(TO_BF16, CONSTRAINTS, [wq, s_lo, s_hi],
+                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
+                                               pack=PACK)
+    else:
+        w_lo, w_hi = tl.inline_asm_elementwise(TO_FP16, CONSTRAINTS, [wq, s_lo, s_hi],
+                                               dtype=(tl.float16, tl.float16), is_pure=True,
+                                               pack=PACK)
+    return w_lo, w_hi
+
+
+@triton.jit
 def _decode_fp4(wq, ws, SCALE_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 DTYPE: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr):
     """Split-nibble bytes [BN, BK/2] and their scales [BN, BK/32] -> the weights of the
@@ -321,23 +336,11 @@ def _decode_fp4(wq, ws, SCALE_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K
     s_lo = tl.broadcast_to(s_lo[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
     s_hi = tl.broadcast_to(s_hi[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
     if ASM and PAIRS:
-        if DTYPE == tl.bfloat16:
-            w_lo, w_hi = tl.inline_asm_elementwise(
-                _FP4_PAIR_TO_BF16, "=r,=r,h,r,r,r,r", [wq, s_lo, s_hi],
-                dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
-        else:
-            w_lo, w_hi = tl.inline_asm_elementwise(
-                _FP4_PAIR_TO_FP16, "=r,=r,h,r,r,r,r", [wq, s_lo, s_hi],
-                dtype=(tl.float16, tl.float16), is_pure=True, pack=2)
+        w_lo, w_hi = _ptx_decode(wq, s_lo, s_hi, _FP4_PAIR_TO_BF16, _FP4_PAIR_TO_FP16,
+                                 "=r,=r,h,r,r,r,r", 2, DTYPE)
     elif ASM:
-        if DTYPE == tl.bfloat16:
-            w_lo, w_hi = tl.inline_asm_elementwise(
-                _FP4_TO_BF16, "=r,=r,=r,=r,r,r,r,r,r", [wq, s_lo, s_hi],
-                dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-        else:
-            w_lo, w_hi = tl.inline_asm_elementwise(
-                _FP4_TO_FP16, "=r,=r,=r,=r,r,r,r,r,r", [wq, s_lo, s_hi],
-                dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        w_lo, w_hi = _ptx_decode(wq, s_lo, s_hi, _FP4_TO_BF16, _FP4_TO_FP16,
+                                 "=r,=r,=r,=r,r,r,r,r,r", 4, DTYPE)
     else:
         w_lo = (_e2m1_values(wq & 0xF) * s_lo).to(DTYPE)
         w_hi = (_e2m1_values(wq >> 4) * s_hi).to(DTYPE)
