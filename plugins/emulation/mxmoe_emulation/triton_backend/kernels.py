@@ -55,7 +55,18 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+try:  # grid dependency control, from Triton's CUDA backend
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # a Triton build without it (ROCm-only): launch.use_pdl is False there
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
 
 __all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "route_kernel", "sum_slots_kernel"]
 
