@@ -1,7 +1,10 @@
-"""One MoE layer as four or five kernel launches (see :mod:`.kernels`), no host sync.
+"""One MoE layer as a few kernel launches (see :mod:`.kernels`), no host sync.
 
-align -> GEMM1 -> [activation, when GEMM1's K is split] -> GEMM2 -> top-k sum (the sum
-is skipped when each token's single slot can be written as its output row).
+[route, when the backend routes] -> [align, unless a single token] -> GEMM1 ->
+[activation, when GEMM1's K is split] -> GEMM2 -> top-k sum (the sum is skipped when
+each token's single slot can be written as its output row). On Hopper and later the
+launches are programmatic dependent launches (:func:`use_pdl`): each starts while the
+previous one drains and waits in-kernel for its inputs.
 
 Every buffer is sized from shapes alone (the worst-case number of blocks, never the
 actual per-expert counts), so the whole pipeline can be captured in a CUDA graph.
