@@ -104,11 +104,13 @@ def test_tiles_orientations_and_split_k(fmt: str, swap: bool, split_k: int,
     assert err <= tolerance(config), f"seed={seed}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("num_slots", [150, 9000])  # one step, several 4096-slot steps
 @pytest.mark.parametrize("expert_map", [None, (2, -1, 0, -1, 1, -1)], ids=["all-local", "map"])
-def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | None) -> None:
+def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | None,
+                                                num_slots: int) -> None:
     num_experts, block_m = 6, 16
     gen = torch.Generator().manual_seed(fresh_seed())
-    ids = torch.randint(0, num_experts, (150,), generator=gen, dtype=torch.int32)
+    ids = torch.randint(0, num_experts, (num_slots,), generator=gen, dtype=torch.int32)
     emap = None if expert_map is None else torch.tensor(expert_map, dtype=torch.int32)
     local = ids.long() if emap is None else emap[ids.long()].long()
     num_local = num_experts if emap is None else int((emap >= 0).sum())
