@@ -115,7 +115,8 @@ def test_cuda_graph_replay_matches_eager(gpt_oss_20b, m: int) -> None:
 def test_dependent_launch_changes_no_bit(gpt_oss_20b, m: int,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Programmatic dependent launch (on by default on Hopper) against plain launches:
-    the same bits (the kernels wait for their inputs either way), eager and replayed."""
+    the same bits, the kernels waiting for their inputs either way (graph replay with it
+    on is test_cuda_graph_replay_matches_eager)."""
     config, _, layer = gpt_oss_20b
     x, logits = inputs(config, m, fresh_seed(), CUDA)
     with_pdl = layer(x, logits)

@@ -33,7 +33,7 @@ from mxmoe.reference import tolerance
 from mxmoe.testing import BackendConformance, Case
 from mxmoe_emulation.triton_backend import hooks
 from mxmoe_emulation.triton_backend.launch import _align, moe_forward, route_topk
-from mxmoe_emulation.triton_backend.op import op_arguments, triton_route
+from mxmoe_emulation.triton_backend.op import op_arguments
 from mxmoe_emulation.triton_backend.probe import ROUTED_HERE
 from mxmoe_emulation.triton_backend.tiles import INTERPRETER_TILES
 from test_triton_helpers import BACKEND, ensure_registered, fresh_seed, inputs, loaded_layer
