@@ -40,6 +40,11 @@ def _align_chunk(num_slots: int) -> tuple[int, int]:
     return chunk, max(4, min(16, chunk // 256))
 
 
+def _global_experts(num_local: int, expert_map: torch.Tensor | None) -> int:
+    """The routing's expert count E: the local experts, or the expert map's length."""
+    return num_local if expert_map is None else expert_map.numel()
+
+
 def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> int:
     """Most blocks the slots can need: whole blocks plus one partial per used expert."""
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
@@ -99,7 +104,7 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
                       device=ids.device)
     sorted_slots, block_expert, block_rows, counts, row_start, rank = buf.split(
         [blocks * block_m, blocks, blocks, e_pad, e_pad, num_slots])
-    num_experts = num_local if expert_map is None else expert_map.numel()
+    num_experts = _global_experts(num_local, expert_map)
     chunk, warps = _align_chunk(num_slots)
     align_kernel[(1,)](
         ids, ids if expert_map is None else expert_map, sorted_slots, block_expert, block_rows,
@@ -123,7 +128,7 @@ class _Launcher:
         self.pdl = use_pdl(ids.device)
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
-        self.num_experts = weights.w13.shape[0] if expert_map is None else expert_map.numel()
+        self.num_experts = _global_experts(weights.w13.shape[0], expert_map)
         # a single token's slots are distinct experts: one block each, no align launch
         self.slot_blocks = ids.numel() == top_k and expert_map is None
         if self.slot_blocks:
@@ -222,7 +227,7 @@ def moe_forward(
     if m == 0:
         return out
     interpret = interpreting()
-    num_experts = weights.w13.shape[0] if expert_map is None else expert_map.numel()
+    num_experts = _global_experts(weights.w13.shape[0], expert_map)
     tiles = tiles or tiles_for(m, m * top_k / num_experts, interpret=interpret)
     asm = (tiles.decode == "asm" and hidden_states.is_cuda and torch.version.hip is None
            and not interpret)
