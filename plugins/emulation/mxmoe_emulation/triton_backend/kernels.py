@@ -68,7 +68,8 @@ except ImportError:  # a Triton build without it (ROCm-only): launch.use_pdl is 
     def gdc_launch_dependents():
         pass
 
-__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "route_kernel", "sum_slots_kernel"]
+__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "route_kernel",
+           "sum_slots_kernel"]
 
 
 # -- programmatic dependent launch ----------------------------------------------------
@@ -222,76 +223,64 @@ def _round(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 
 # -- MX weight tiles -----------------------------------------------------------------
 
-# Four packed bytes ($4) and the scales of their low ($5, $6) and high ($7, $8)
-# nibbles (bf16x2) -> the low-nibble weights ($0, $1) and high-nibble weights ($2, $3).
-# prmt spreads bytes 0,1 (2,3) into the two 16-bit lanes. Per lane, a nibble masked
-# out and multiplied by 2**6 + 2**12 (2**2 + 2**8 for the high nibble) lands twice,
-# without overlapping carries: its magnitude bits at 6..8 and its sign at 15, the
-# bf16 of value * 2**-126 (exact, the subnormal 0.5 included) after the final mask.
-# The scales carry the missing 2**126 (SCALE_BIAS in moe_gemm_kernel): one
-# packed multiply per two weights.
-_FP4_TO_BF16 = tl.constexpr("""{
-.reg .b32 t0, t1, x, z;
-mov.b32 z, 0x80008000;
-prmt.b32 t0, $4, 0, 0x4140;
-prmt.b32 t1, $4, 0, 0x4342;
-and.b32 x, t0, 0x000F000F; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0;
-fma.rn.bf16x2 $0, x, $5, z;
-and.b32 x, t1, 0x000F000F; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0;
-fma.rn.bf16x2 $1, x, $6, z;
-and.b32 x, t0, 0x00F000F0; mul.lo.u32 x, x, 0x104; and.b32 x, x, 0x81C081C0;
-fma.rn.bf16x2 $2, x, $7, z;
-and.b32 x, t1, 0x00F000F0; mul.lo.u32 x, x, 0x104; and.b32 x, x, 0x81C081C0;
-fma.rn.bf16x2 $3, x, $8, z;
-}""")
-
-# The same for float16: magnitude bits to 9..11 give value * 2**-14 (shifted twice: the
-# two copies would overlap at bit 12), and two packed FMAs apply 2**14 and the scale.
-_FP4_TO_FP16 = tl.constexpr("""{
-.reg .b32 t0, t1, m, s, k, z;
-mov.b32 k, 0x74007400;
-mov.b32 z, 0x80008000;
-prmt.b32 t0, $4, 0, 0x4140;
-prmt.b32 t1, $4, 0, 0x4342;
-shl.b32 m, t0, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t0, 12; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $0, m, $5, z;
-shl.b32 m, t1, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t1, 12; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $1, m, $6, z;
-shl.b32 m, t0, 5; and.b32 m, m, 0x0E000E00; shl.b32 s, t0, 8; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $2, m, $7, z;
-shl.b32 m, t1, 5; and.b32 m, m, 0x0E000E00; shl.b32 s, t1, 8; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $3, m, $8, z;
-}""")
+# The PTX decodes. Bytes are first spread so that each 16-bit lane of a register holds
+# one byte; then each 32-bit output (two weights of one MX block) is made from one nibble
+# per lane by _bf16_weights or _fp16_weights and one packed multiply by its scale pair.
+#
+# bf16: a nibble masked out and multiplied by 2**6 + 2**12 (2**2 + 2**8 for the high
+# nibble) lands twice without overlapping carries: its magnitude bits at 6..8 and its
+# sign at 15, the bf16 of value * 2**-126 (exact, the subnormal 0.5 included) after the
+# final mask. The scales carry the missing 2**126 (SCALE_BIAS in moe_gemm_kernel).
+# fp16: magnitude bits to 9..11 give value * 2**-14 (shifted twice: the two copies would
+# overlap at bit 12), and two packed FMAs apply 2**14 and the scale.
 
 
-# The two-byte forms, for operand layouts that give a thread K-adjacent pairs (Hopper's
+def _bf16_weights(src: str, out: str, scale: str, high: bool) -> str:
+    """PTX: the low (or high) nibbles of the two bytes in ``src``'s lanes -> bf16x2 ``out``."""
+    mask, spread = ("0x00F000F0", "0x104") if high else ("0x000F000F", "0x1040")
+    return (f"and.b32 x, {src}, {mask}; mul.lo.u32 x, x, {spread}; and.b32 x, x, 0x81C081C0;\n"
+            f"fma.rn.bf16x2 {out}, x, {scale}, z;\n")
+
+
+def _fp16_weights(src: str, out: str, scale: str, high: bool) -> str:
+    """PTX: the low (or high) nibbles of the two bytes in ``src``'s lanes -> f16x2 ``out``."""
+    magnitude, sign = (5, 8) if high else (9, 12)
+    return (f"shl.b32 m, {src}, {magnitude}; and.b32 m, m, 0x0E000E00; "
+            f"shl.b32 s, {src}, {sign}; and.b32 s, s, 0x80008000;\n"
+            f"or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 {out}, m, {scale}, z;\n")
+
+
+def _decode_ptx(spread_regs: str, spread: str, outputs: tuple, fp16: bool) -> str:
+    """One inline-PTX decode: declarations, the byte spread, then one output register per
+    (spread register, output operand, scale operand, high nibble) in ``outputs``."""
+    if fp16:
+        head = (f".reg .b32 {spread_regs}, m, s, k, z;\n"
+                "mov.b32 k, 0x74007400;\nmov.b32 z, 0x80008000;\n")
+    else:
+        head = f".reg .b32 {spread_regs}, x, z;\nmov.b32 z, 0x80008000;\n"
+    weights = _fp16_weights if fp16 else _bf16_weights
+    return "{\n" + head + spread + "".join(weights(*o) for o in outputs) + "}"
+
+
+# Four packed bytes ($4) and the scales of their low ($5, $6) and high ($7, $8) nibbles
+# (pairs) -> the low-nibble weights ($0, $1) and high-nibble weights ($2, $3); prmt
+# spreads bytes 0,1 (2,3) into the lanes of t0 (t1).
+_FOUR_BYTES = ("t0, t1", "prmt.b32 t0, $4, 0, 0x4140;\nprmt.b32 t1, $4, 0, 0x4342;\n",
+               (("t0", "$0", "$5", False), ("t1", "$1", "$6", False),
+                ("t0", "$2", "$7", True), ("t1", "$3", "$8", True)))
+# The two-byte form, for operand layouts that give a thread K-adjacent pairs (Hopper's
 # wgmma register operand): four bytes per call would first be gathered from two pairs
 # with a PRMT per byte. Two packed bytes ($2, 16 bits) and, per byte, the scale of its
 # low ($3, $4) and high ($5, $6) nibble as a 32-bit pair (the scale in both halves,
 # paired once per MX block instead of per call; the twins $4, $6 are the same block's)
 # -> the two low-nibble weights ($0) and the two high-nibble weights ($1).
-_FP4_PAIR_TO_BF16 = tl.constexpr("""{
-.reg .b32 t, x, z;
-mov.b32 z, 0x80008000;
-mov.b32 t, {$2, $2};
-prmt.b32 t, t, 0, 0x4140;
-and.b32 x, t, 0x000F000F; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0;
-fma.rn.bf16x2 $0, x, $3, z;
-and.b32 x, t, 0x00F000F0; mul.lo.u32 x, x, 0x104; and.b32 x, x, 0x81C081C0;
-fma.rn.bf16x2 $1, x, $5, z;
-}""")
+_TWO_BYTES = ("t", "mov.b32 t, {$2, $2};\nprmt.b32 t, t, 0, 0x4140;\n",
+              (("t", "$0", "$3", False), ("t", "$1", "$5", True)))
 
-_FP4_PAIR_TO_FP16 = tl.constexpr("""{
-.reg .b32 t, m, s, k, z;
-mov.b32 k, 0x74007400;
-mov.b32 z, 0x80008000;
-mov.b32 t, {$2, $2};
-prmt.b32 t, t, 0, 0x4140;
-shl.b32 m, t, 9; and.b32 m, m, 0x0E000E00; shl.b32 s, t, 12; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $0, m, $3, z;
-shl.b32 m, t, 5; and.b32 m, m, 0x0E000E00; shl.b32 s, t, 8; and.b32 s, s, 0x80008000;
-or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 $1, m, $5, z;
-}""")
+_FP4_TO_BF16 = tl.constexpr(_decode_ptx(*_FOUR_BYTES, fp16=False))
+_FP4_TO_FP16 = tl.constexpr(_decode_ptx(*_FOUR_BYTES, fp16=True))
+_FP4_PAIR_TO_BF16 = tl.constexpr(_decode_ptx(*_TWO_BYTES, fp16=False))
+_FP4_PAIR_TO_FP16 = tl.constexpr(_decode_ptx(*_TWO_BYTES, fp16=True))
 
 
 @triton.jit
