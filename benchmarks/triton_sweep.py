@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import statistics
 import sys
@@ -135,6 +136,14 @@ def variants_for(m: int, spec: str) -> list[str]:
     return spec.split(",")
 
 
+def resolve(name: str, m: int, rows_per_expert: float) -> Tiles:
+    """The tiles of a variant name: a key of VARIANTS, optionally with "@r<N>" for a
+    register limit of N per thread (v13), e.g. "table@r112"."""
+    base, _, cap = name.partition("@r")
+    tiles = VARIANTS[base] or tiles_for(m, rows_per_expert)
+    return dataclasses.replace(tiles, max_registers=int(cap)) if cap else tiles
+
+
 def replayer(graphs: list[torch.cuda.CUDAGraph]):
     """call(i) replaying the i-th captured forward (rotating)."""
     return lambda i: graphs[i % len(graphs)].replay()
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = reference_experts(config, raw, x0, tw0[:rows_checked], ti0[:rows_checked])
         first = None
         for name in variants_for(m, args.variants):
-            tiles = VARIANTS[name] or tiles_for(m, m * config.top_k / config.num_experts)
+            tiles = resolve(name, m, m * config.top_k / config.num_experts)
 
             def call(i: int, tiles: Tiles = tiles) -> torch.Tensor:
                 s, (tw, ti) = sets[i % len(sets)], routed[i % len(routed)]

@@ -18,6 +18,7 @@ import torch
 from mxmoe import BackendError, FusedMoE, MoEConfig, random_weights
 from mxmoe.selection import clear_verdict_cache
 from mxmoe_emulation.triton_backend import hooks, probe
+from mxmoe_emulation.triton_backend.tiles import Tiles
 from test_triton_helpers import BACKEND, ensure_registered
 
 CONFIG = MoEConfig(num_experts=4, top_k=2, hidden_size=64, intermediate_size=64,
@@ -167,3 +168,17 @@ def test_pdl_switch_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PDL_ENV, "yes")
     with pytest.raises(ValueError, match="MXMOE_TRITON_PDL: expected '0' or '1', got 'yes'"):
         use_pdl(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"block_k": 96}, r"block_k: expected a power of two"),
+    ({"block_k": 32}, r"block_k: expected a multiple of 64"),
+    ({"split_k": 0}, r"split_k: expected 1\.\.16"),
+    ({"max_registers": 16}, r"max_registers: expected None or 32\.\.255"),
+    ({"decode": "lut"}, r"decode: expected 'asm' or 'manual'"),
+])
+def test_tiles_reject_bad_fields_by_name(change: dict, message: str) -> None:
+    fields = {"block_m": 16, "block_n1": 64, "block_n2": 64, "block_k": 128,
+              "num_warps": 4, "num_stages": 3} | change
+    with pytest.raises(ValueError, match=message):
+        Tiles(**fields)

@@ -274,7 +274,7 @@ _FOUR_BYTES = ("t0, t1", "prmt.b32 t0, $4, 0, 0x4140;\nprmt.b32 t1, $4, 0, 0x434
 # low ($3, $4) and high ($5, $6) nibble as a 32-bit pair (the scale in both halves,
 # paired once per MX block instead of per call; the twins $4, $6 are the same block's)
 # -> the two low-nibble weights ($0) and the two high-nibble weights ($1).
-_TWO_BYTES = ("t", "mov.b32 t, {$2, $2};\nprmt.b32 t, t, 0, 0x4140;\n",
+_TWO_BYTES = ("t", "cvt.u32.u16 t, $2;\nprmt.b32 t, t, 0, 0x4140;\n",
               (("t", "$0", "$3", False), ("t", "$1", "$5", True)))
 
 _FP4_TO_BF16 = tl.constexpr(_decode_ptx(*_FOUR_BYTES, fp16=False))

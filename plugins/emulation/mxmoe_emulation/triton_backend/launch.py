@@ -136,6 +136,12 @@ class _Launcher:
         else:
             self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m, self.pdl)
 
+    @property
+    def register_cap(self) -> dict[str, int]:
+        """The GEMMs' register cap as a launch option (none in the interpreter)."""
+        cap = self.tiles.max_registers
+        return {} if cap is None or self.interpret else {"maxnreg": cap}
+
     def _scale_bias(self, bias: int) -> tuple[int, float]:
         """(scale_bias, acc_scale) of a GEMM: only the bf16 PTX decode biases scales."""
         if self.asm and self.math.weight_format == "mxfp4" and self.dtype == torch.bfloat16:
@@ -177,7 +183,7 @@ class _Launcher:
             SCALE_BIAS=scale_bias, SPLIT_K=split, SLOT_BLOCKS=self.slot_blocks,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-            launch_pdl=self.pdl,
+            launch_pdl=self.pdl, **self.register_cap,
         )
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:

@@ -36,6 +36,10 @@ class Tiles:
     Hopper, the PTX decode takes two bytes a call instead of four, which suits tiles
     whose weights become wgmma register operands (K-adjacent pairs per thread; see
     :mod:`.kernels`). Both forms are exact: the flag trades instructions, not results.
+    ``max_registers``: the GEMMs' register limit per thread (PTX ``.maxnreg``; None
+    leaves it to ptxas). Besides capping, a limit changes ptxas's allocation below it:
+    without one ptxas trades registers for occupancy on its own, with a generous one it
+    does not (see the table).
     """
 
     block_m: int
@@ -48,6 +52,7 @@ class Tiles:
     swap: bool = True
     split_k: int = 1
     pair_decode: bool = False
+    max_registers: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -58,6 +63,8 @@ class Tiles:
             raise ValueError(f"block_k: expected a multiple of 64, got {self.block_k}")
         if not 1 <= self.split_k <= 16:
             raise ValueError(f"split_k: expected 1..16, got {self.split_k}")
+        if self.max_registers is not None and not 32 <= self.max_registers <= 255:
+            raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
@@ -69,8 +76,10 @@ _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
     # in two: M = 1 0.049 vs 0.051 ms, M = 2 0.089 vs 0.103, M = 4 0.137 vs 0.150)
     (4, None, Tiles(16, 32, 32, 128, 2, 3, split_k=2)),
     # a few rows per expert: 64-row N tiles on wgmma with the two-byte decode (2-4 %
-    # faster than the 2-warp tiles at M = 8 and 64, 25 % slower at M = 1)
-    (256, None, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True)),
+    # faster than the 2-warp tiles at M = 8 and 64, 25 % slower at M = 1). The register
+    # limit leaves GEMM1 as it is (95) and lets GEMM2 keep 83 registers where ptxas alone
+    # squeezes it to 72 for occupancy: 4 % faster at M = 8, 1 % at 64 and 256.
+    (256, None, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True, max_registers=112)),
     # 8-24 rows per expert (gpt-oss-120b at M = 257..768): 32-row blocks halve the
     # padded MMA work of 64-row ones and still decode each weight about once (1.13 vs
     # 1.51 ms at M = 512). With more rows per expert (gpt-oss-20b: 64 at M = 512) they
