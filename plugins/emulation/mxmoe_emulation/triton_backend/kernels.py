@@ -431,7 +431,7 @@ def _activate(gate, up, alpha, beta, limit, ACTIVATION: tl.constexpr, HAS_LIMIT:
 def moe_gemm_kernel(
     a_ptr, stride_a,
     w_ptr, stride_we, stride_wn,
-    s_ptr, stride_se, stride_sn,
+    s_ptr, stride_se, stride_sn, scale_cols,
     bias_ptr, stride_be,
     out_ptr, stride_out, stride_split,
     sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
@@ -522,7 +522,12 @@ def moe_gemm_kernel(
     # The scale tiles are loaded one K step ahead into registers: Triton's pipeliner
     # stages the weight and activation tiles through shared memory but leaves these
     # small loads in the loop, where each step would wait a full global-memory latency.
-    s_mask = n_mask[:, None] & ((k_start // 32 + offs_ws) < k_end // 32)[None, :]
+    # They are bounded by the stored row width ``scale_cols`` (a multiple of 16, see
+    # layout.py), not by this program's K slice: the mask is then constant over each
+    # vector of bytes, so a row's scales are one wide load instead of one load per byte;
+    # the scales read past the slice (the next slice's, or padding) only ever multiply
+    # weights and activations that are masked to zero.
+    s_mask = n_mask[:, None] & ((k_start // 32 + offs_ws) < scale_cols)[None, :]
     ws_g = tl.load(sg_ptrs, mask=s_mask, other=0)
     ws_u = ws_g
     if GATED:
@@ -540,7 +545,7 @@ def moe_gemm_kernel(
         w_mask = n_mask[:, None] & ((k0 // EPB + offs_wb) < k_end // EPB)[None, :]
         sg_ptrs += BLOCK_K // 32
         su_ptrs += BLOCK_K // 32
-        s_mask = n_mask[:, None] & ((k0 // 32 + BLOCK_K // 32 + offs_ws) < k_end // 32)[None, :]
+        s_mask = n_mask[:, None] & ((k0 // 32 + BLOCK_K // 32 + offs_ws) < scale_cols)[None, :]
         ws_g_next = tl.load(sg_ptrs, mask=s_mask, other=0)
         ws_u_next = ws_g_next
         if GATED:

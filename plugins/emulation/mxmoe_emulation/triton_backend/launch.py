@@ -167,7 +167,7 @@ class _Launcher:
         moe_gemm_kernel[grid](
             a, a.stride(0),
             wq, wq.stride(0), wq.stride(1),
-            scale, scale.stride(0), scale.stride(1),
+            scale, scale.stride(0), scale.stride(1), scale.shape[2],
             wq if bias is None else bias, 0 if bias is None else bias.stride(0),
             out, row_stride, out.stride(0) if split > 1 else 0,
             sorted_slots, block_expert, block_rows, self.route_w,
