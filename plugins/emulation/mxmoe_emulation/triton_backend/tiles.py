@@ -76,10 +76,13 @@ _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
     # in two: M = 1 0.049 vs 0.051 ms, M = 2 0.089 vs 0.103, M = 4 0.137 vs 0.150)
     (4, None, Tiles(16, 32, 32, 128, 2, 3, split_k=2)),
     # a few rows per expert: 64-row N tiles on wgmma with the two-byte decode (2-4 %
-    # faster than the 2-warp tiles at M = 8 and 64, 25 % slower at M = 1). The register
-    # limit leaves GEMM1 as it is (95) and lets GEMM2 keep 83 registers where ptxas alone
-    # squeezes it to 72 for occupancy: 4 % faster at M = 8, 1 % at 64 and 256.
-    (256, None, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True, max_registers=112)),
+    # faster than the 2-warp tiles at M = 8 and 64, 25 % slower at M = 1). Up to two
+    # rows per expert a register limit helps: it leaves GEMM1 as it is (95 registers) and
+    # lets GEMM2 keep 83 where ptxas alone squeezes it to 72 for occupancy (gpt-oss-120b
+    # M = 8 -4 %, 64 -1 %); with 8 rows it measured 1 % faster on gpt-oss-120b (M = 256)
+    # and 2.5 % slower on gpt-oss-20b (M = 64), so it stops at 2.
+    (256, 2.0, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True, max_registers=112)),
+    (256, None, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True)),
     # 8-24 rows per expert (gpt-oss-120b at M = 257..768): 32-row blocks halve the
     # padded MMA work of 64-row ones and still decode each weight about once (1.13 vs
     # 1.51 ms at M = 512). With more rows per expert (gpt-oss-20b: 64 at M = 512) they
