@@ -137,10 +137,11 @@ class _Launcher:
             self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m, self.pdl)
 
     @property
-    def register_cap(self) -> dict[str, int]:
-        """The GEMMs' register cap as a launch option (none in the interpreter)."""
-        cap = self.tiles.max_registers
-        return {} if cap is None or self.interpret else {"maxnreg": cap}
+    def register_limit(self) -> dict[str, int]:
+        """The GEMMs' register limit as a launch option: PTX's ``.maxnreg``, so only with
+        the NVIDIA (inline-PTX) decode."""
+        limit = self.tiles.max_registers
+        return {"maxnreg": limit} if limit is not None and self.asm else {}
 
     def _scale_bias(self, bias: int) -> tuple[int, float]:
         """(scale_bias, acc_scale) of a GEMM: only the bf16 PTX decode biases scales."""
@@ -183,7 +184,7 @@ class _Launcher:
             SCALE_BIAS=scale_bias, SPLIT_K=split, SLOT_BLOCKS=self.slot_blocks,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-            launch_pdl=self.pdl, **self.register_cap,
+            launch_pdl=self.pdl, **self.register_limit,
         )
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:
