@@ -532,7 +532,11 @@ def moe_gemm_kernel(
     ws_u = ws_g
     if GATED:
         ws_u = tl.load(su_ptrs, mask=s_mask, other=0)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    # At least one step, even for an empty K slice (its loads are all masked off): a loop
+    # that may run zero times leaves a path on which the accumulators are set by plain
+    # moves, and ptxas then serializes every wgmma of the loop (C7515).
+    for step in range(0, tl.maximum(tl.cdiv(k_end - k_start, BLOCK_K), 1)):
+        k0 = k_start + step * BLOCK_K
         a_mask = m_mask[:, None] & ((k0 + a_cols) < k_end)[None, :]
         a_lo = tl.load(a_ptrs, mask=a_mask, other=0.0)
         if EPB == 2:
