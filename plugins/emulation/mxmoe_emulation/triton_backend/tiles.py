@@ -82,12 +82,14 @@ _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
     # M = 8 -4 %, 64 -1 %); with 8 rows it measured 1 % faster on gpt-oss-120b (M = 256)
     # and 2.5 % slower on gpt-oss-20b (M = 64), so it stops at 2.
     (256, 2.0, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True, max_registers=112)),
-    (256, None, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True)),
-    # 8-24 rows per expert (gpt-oss-120b at M = 257..768): 32-row blocks halve the
-    # padded MMA work of 64-row ones and still decode each weight about once (1.13 vs
-    # 1.51 ms at M = 512). With more rows per expert (gpt-oss-20b: 64 at M = 512) they
-    # would decode each weight 2.5 times instead of 1.5, so 64-row blocks stay.
-    (768, 24.0, Tiles(32, 64, 64, 128, 4, 3, pair_decode=True)),
+    (256, 8.0, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True)),
+    # 8-32 rows per expert (gpt-oss-120b at M = 257..1024, gpt-oss-20b at 65..256):
+    # 32-row blocks halve the padded MMA work of 64-row ones and still decode each
+    # weight about once (gpt-oss-120b M = 512 1.13 vs 1.51 ms; after v13g, M = 1024 1.23
+    # vs 1.25-1.27, gpt-oss-20b M = 128 0.24 vs 0.27 and M = 256 0.33 vs 0.43 for the
+    # 16-row tile). With more rows per expert (gpt-oss-20b: 64 at M = 512) they would
+    # decode each weight 2.5 times instead of 1.5, so 64-row blocks stay.
+    (1024, 32.0, Tiles(32, 64, 64, 128, 4, 3, pair_decode=True)),
     (1024, None, Tiles(64, 128, 128, 64, 8, 3, pair_decode=True)),
     # up to 64 rows per expert the 64-row blocks also beat 128-row ones (gpt-oss-120b
     # M = 2048: 1.91 vs 2.24 ms)
