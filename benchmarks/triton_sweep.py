@@ -94,6 +94,9 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-32x128-w2-s3-k3": Tiles(16, 32, 32, 128, 2, 3, split_k=3),
     "s16-16x128-w1-s3-k2": Tiles(16, 16, 16, 128, 1, 3, split_k=2),
     "s16-32x64-w2-s4-k3": Tiles(16, 32, 32, 64, 2, 4, split_k=3),
+    # v13i: after the C7515 fix, deeper pipelines on the decode tile
+    "s16-64x128-w4-s4-p": Tiles(16, 64, 64, 128, 4, 4, pair_decode=True),
+    "s16-64x128-w4-s5-p": Tiles(16, 64, 64, 128, 4, 5, pair_decode=True),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

@@ -94,10 +94,9 @@ _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
     # up to 64 rows per expert the 64-row blocks also beat 128-row ones (gpt-oss-120b
     # M = 2048: 1.91 vs 2.24 ms)
     (2048, 64.0, Tiles(64, 128, 128, 64, 8, 3, pair_decode=True)),
-    # measured at M = 4096 (3.17 vs 3.30 ms for the previous 2-stage tile); the bound
-    # sits between that and M = 16384, where the 2-stage four-byte tile was last measured
-    (8192, None, Tiles(128, 64, 64, 128, 4, 3, pair_decode=True)),
-    (None, None, Tiles(128, 64, 64, 128, 4, 2)),
+    # 128-row blocks, three stages, the two-byte decode: M = 4096 3.17 vs 3.30 ms for the
+    # two-stage four-byte tile; M = 16384 (after v13g) 8.75 vs 9.61-9.85 ms eager
+    (None, None, Tiles(128, 64, 64, 128, 4, 3, pair_decode=True)),
 )
 
 #: Tiles for TRITON_INTERPRET=1, where every program and every nested jit call is
