@@ -97,6 +97,8 @@ VARIANTS: dict[str, Tiles | None] = {
     # v13i: after the C7515 fix, deeper pipelines on the decode tile
     "s16-64x128-w4-s4-p": Tiles(16, 64, 64, 128, 4, 4, pair_decode=True),
     "s16-64x128-w4-s5-p": Tiles(16, 64, 64, 128, 4, 5, pair_decode=True),
+    "s16-64x128-w4-s3-p-k3": Tiles(16, 64, 64, 128, 4, 3, split_k=3, pair_decode=True),
+    "s16-64x128-w4-s3-p-k4": Tiles(16, 64, 64, 128, 4, 3, split_k=4, pair_decode=True),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

@@ -5,12 +5,12 @@ and so what bounds the GEMMs: at decode sizes (few rows per expert) every weight
 byte is read for one or two tokens, the kernels are memory-bound and want many small
 output tiles in flight; at prefill sizes the same weight tile serves a whole block of
 tokens and the kernels want large tiles for the tensor cores. The table is the best
-of the variants swept on an H100 with gpt-oss-120b shapes (benchmarks/triton_notes.md
-has the measurements; the rows per expert, M * top_k / E, pick the token block where
-the number of experts matters): at decode sizes three pipeline stages beat deeper
-pipelines, because registers and shared memory, not bandwidth, cap how many programs
-an SM holds; from a few tokens on, tiles whose weights feed Hopper's wgmma take the
-two-byte PTX decode.
+of the variants swept on an H100 with gpt-oss-120b and gpt-oss-20b shapes
+(benchmarks/triton_notes.md has the measurements; the rows per expert, M * top_k / E,
+pick the token block): at decode sizes three pipeline stages beat deeper pipelines,
+because registers and shared memory, not bandwidth, cap how many programs an SM holds,
+and splitting K puts more programs in flight; every tile on Hopper feeds wgmma and
+takes the two-byte PTX decode.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class Tiles:
     ``max_registers``: the GEMMs' register limit per thread (PTX ``.maxnreg``; None
     leaves it to ptxas). Besides capping, a limit changes ptxas's allocation below it:
     without one ptxas trades registers for occupancy on its own, with a generous one it
-    does not (see the table).
+    does not. A tuning knob for sweeps (benchmarks/triton_notes.md, v13b): the current
+    table measured best without it.
     """
 
     block_m: int
@@ -72,17 +73,14 @@ class Tiles:
 # (largest M, largest mean rows per expert or None for any, tiles), in increasing M;
 # the first entry whose two bounds hold is taken, the last (None, None) covers the rest.
 _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
-    # one to four tokens: the most programs (32-row N tiles, 2 warps, mma.sync, K split
-    # in two: M = 1 0.049 vs 0.051 ms, M = 2 0.089 vs 0.103, M = 4 0.137 vs 0.150)
-    (4, None, Tiles(16, 32, 32, 128, 2, 3, split_k=2)),
-    # a few rows per expert: 64-row N tiles on wgmma with the two-byte decode (2-4 %
-    # faster than the 2-warp tiles at M = 8 and 64, 25 % slower at M = 1). Up to two
-    # rows per expert a register limit helps: it leaves GEMM1 as it is (95 registers) and
-    # lets GEMM2 keep 83 where ptxas alone squeezes it to 72 for occupancy (gpt-oss-120b
-    # M = 8 -4 %, 64 -1 %); with 8 rows it measured 1 % faster on gpt-oss-120b (M = 256)
-    # and 2.5 % slower on gpt-oss-20b (M = 64), so it stops at 2.
-    (256, 2.0, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True, max_registers=112)),
-    (256, 8.0, Tiles(16, 64, 64, 128, 4, 3, pair_decode=True)),
+    # Decode sizes take 64-row N tiles on wgmma with the two-byte decode and K split so
+    # that enough programs are in flight (after the C7515 fix, v13g; sweeps 27-29, graph
+    # ms against the previous table): one token in two slices (gpt-oss-120b 0.0407 vs
+    # 0.0445 for two-warp mma.sync tiles), up to 8 rows per expert in three (M = 4 0.115
+    # vs 0.128, 8 0.199 vs 0.217, 64 0.689 vs 0.742, 256 0.846 vs 0.865; gpt-oss-20b
+    # M = 8 0.148 vs 0.165). Four slices and a register limit were slower.
+    (1, None, Tiles(16, 64, 64, 128, 4, 3, split_k=2, pair_decode=True)),
+    (256, 8.0, Tiles(16, 64, 64, 128, 4, 3, split_k=3, pair_decode=True)),
     # 8-32 rows per expert (gpt-oss-120b at M = 257..1024, gpt-oss-20b at 65..256):
     # 32-row blocks halve the padded MMA work of 64-row ones and still decode each
     # weight about once (gpt-oss-120b M = 512 1.13 vs 1.51 ms; after v13g, M = 1024 1.23
