@@ -99,6 +99,9 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-64x128-w4-s5-p": Tiles(16, 64, 64, 128, 4, 5, pair_decode=True),
     "s16-64x128-w4-s3-p-k3": Tiles(16, 64, 64, 128, 4, 3, split_k=3, pair_decode=True),
     "s16-64x128-w4-s3-p-k4": Tiles(16, 64, 64, 128, 4, 3, split_k=4, pair_decode=True),
+    "b32-64x128-w4-s3-p-k2": Tiles(32, 64, 64, 128, 4, 3, split_k=2, pair_decode=True),
+    "b64-128x64-w8-s3-p-k2": Tiles(64, 128, 128, 64, 8, 3, split_k=2, pair_decode=True),
+    "b128-64x128-w4-s3-p-k2": Tiles(128, 64, 64, 128, 4, 3, split_k=2, pair_decode=True),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
