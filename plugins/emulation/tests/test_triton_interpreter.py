@@ -116,7 +116,7 @@ def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | No
     emap = None if expert_map is None else torch.tensor(expert_map, dtype=torch.int32)
     local = ids.long() if emap is None else emap[ids.long()].long()
     num_local = num_experts if emap is None else int((emap >= 0).sum())
-    sorted_slots, block_expert, block_rows = _align(ids, emap, num_local, block_m)
+    sorted_slots, block_expert, block_rows = _align(ids, emap, num_local, num_experts, block_m)
     seen = []
     for blk in range(block_expert.numel()):
         rows = int(block_rows[blk])

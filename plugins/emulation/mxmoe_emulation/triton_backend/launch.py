@@ -94,7 +94,8 @@ def _capability(index: int | None) -> tuple[int, int]:
 
 
 def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
-           block_m: int, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           num_experts: int, block_m: int,
+           pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sorted_slots [blocks * block_m], block_expert [blocks], block_rows [blocks])."""
     num_slots = ids.numel()
     blocks = num_blocks_bound(num_slots, num_local, block_m)
@@ -104,7 +105,6 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
                       device=ids.device)
     sorted_slots, block_expert, block_rows, counts, row_start, rank = buf.split(
         [blocks * block_m, blocks, blocks, e_pad, e_pad, num_slots])
-    num_experts = _global_experts(num_local, expert_map)
     chunk, warps = _align_chunk(num_slots)
     align_kernel[(1,)](
         ids, ids if expert_map is None else expert_map, sorted_slots, block_expert, block_rows,
@@ -122,19 +122,20 @@ class _Launcher:
 
     def __init__(self, weights: TritonWeights, tiles: Tiles, asm: bool, interpret: bool,
                  dtype: torch.dtype, ids: torch.Tensor, route_w: torch.Tensor,
-                 expert_map: torch.Tensor | None, top_k: int) -> None:
+                 expert_map: torch.Tensor | None, num_experts: int, top_k: int) -> None:
         self.weights, self.tiles, self.asm, self.dtype, self.top_k = weights, tiles, asm, dtype, top_k
         self.interpret = interpret
         self.pdl = use_pdl(ids.device)
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
-        self.num_experts = _global_experts(weights.w13.shape[0], expert_map)
+        self.num_experts = num_experts
         # a single token's slots are distinct experts: one block each, no align launch
         self.slot_blocks = ids.numel() == top_k and expert_map is None
         if self.slot_blocks:
             self.table = (ids, ids, ids)  # block b: slot b, expert ids[b] (rows unused)
         else:
-            self.table = _align(ids, expert_map, weights.w13.shape[0], tiles.block_m, self.pdl)
+            self.table = _align(ids, expert_map, weights.w13.shape[0], num_experts,
+                                tiles.block_m, self.pdl)
 
     @property
     def register_limit(self) -> dict[str, int]:
@@ -240,7 +241,7 @@ def moe_forward(
            and not interpret)
     dev, dtype, slots = hidden_states.device, hidden_states.dtype, m * top_k
     run = _Launcher(weights, tiles, asm, interpret, dtype, topk_ids.reshape(-1).to(torch.int32),
-                    topk_weights.reshape(-1).to(torch.float32), expert_map, top_k)
+                    topk_weights.reshape(-1).to(torch.float32), expert_map, num_experts, top_k)
     split = tiles.split_k
     act = torch.empty(slots, weights.intermediate_size, dtype=dtype, device=dev)
     if split > 1:
