@@ -4,9 +4,11 @@
 Legs: the core alone; the core with each plugin that exists in plugins/; the core with
 the example third-party backend; everything together. Each leg installs from this
 checkout into .venvs/<leg> (torch 2.13.0, the CPU build; Triton from the index where
-a plugin asks for it) and runs that leg's tests. Usage:
+a plugin asks for it), runs that leg's tests and deletes the environment again: each
+one holds 1-2 GB, and keeping them all would fill a small CI disk. Usage:
 
     python3 scripts/test.py [LEG ...]        # default: every leg
+    python3 scripts/test.py --keep-envs LEG  # keep .venvs/<leg> to debug in it
     python3 scripts/test.py --list
 
 Exit status 0 only if every leg passes. The last line sums the legs' pytest counts.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -56,13 +59,16 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, **kw)
 
 
+def leg_env(leg: str) -> Path:
+    """The leg's virtual environment directory."""
+    return VENVS / leg.replace("+", "-")
+
+
 def install(leg: str, extra: list[str]) -> Path:
-    env_dir = VENVS / leg.replace("+", "-")
-    if env_dir.exists():
-        import shutil
-        shutil.rmtree(env_dir)
-    venv.create(env_dir, with_pip=True)
-    py = env_dir / "bin" / "python"
+    env = leg_env(leg)
+    shutil.rmtree(env, ignore_errors=True)
+    venv.create(env, with_pip=True)
+    py = env / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     if run(pip + [TORCH]).returncode:
         raise SystemExit(f"leg {leg}: installing {TORCH} failed")
@@ -93,6 +99,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("legs", nargs="*", help="legs to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the legs and exit")
+    parser.add_argument("--keep-envs", action="store_true",
+                        help="keep each leg's environment in .venvs/ after its tests")
     args = parser.parse_args()
     table = legs()
     if args.list:
@@ -107,8 +115,12 @@ def main() -> int:
         extra, paths = table[leg]
         start = time.monotonic()
         print(f"\n=== leg {leg} ===", flush=True)
-        py = install(leg, extra)
-        code, counts = test(leg, py, paths)
+        try:
+            py = install(leg, extra)
+            code, counts = test(leg, py, paths)
+        finally:
+            if not args.keep_envs:
+                shutil.rmtree(leg_env(leg), ignore_errors=True)
         for kind in totals:
             totals[kind] += counts.get(kind, 0)
         if code:
