@@ -89,21 +89,24 @@ def test_tiles_orientations_and_split_k(fmt: str, swap: bool, split_k: int,
                                         expert_map: tuple[int, ...] | None,
                                         max_registers: int | None) -> None:
     """Both operand orders and split K (3 slices of 2 K tiles: one slice is empty), with
-    K and N spanning several tiles (BLOCK_K 64 over H=128, BLOCK_N 32 over I=128). The
-    interpreter runs the portable decode; the inline-PTX one is checked on the GPU
-    (test_triton_gpu.py). A register limit (PTX's ``.maxnreg``, applied with that
-    decode only) leaves the portable path as it is."""
+    K and N spanning several tiles (BLOCK_K 64 over H=128, BLOCK_N 32 over I=128), for 9
+    tokens (aligned blocks, a top-k sum launch) and for one (a block per slot; the last
+    GEMM2 program of each column tile sums the slots). With split K the last program of
+    each GEMM1 tile finishes it. The interpreter runs the portable decode; the inline-PTX
+    one is checked on the GPU (test_triton_gpu.py). A register limit (PTX's
+    ``.maxnreg``, applied with that decode only) leaves the portable path as it is."""
     config, seed = _BASE.replace(weight_format=fmt, expert_map=expert_map), fresh_seed()
     weights = random_weights(config, seed=seed)
     converted = hooks.convert_weights(config, weights, CPU)
-    x, logits = inputs(config, 9, seed)
-    topk_weights, topk_ids = route(logits, config)
     emap = None if expert_map is None else torch.tensor(expert_map, dtype=torch.int32)
     tiles = dataclasses.replace(INTERPRETER_TILES, block_n1=32, block_n2=32, block_k=64,
                                 swap=swap, split_k=split_k, max_registers=max_registers)
-    out = moe_forward(x, topk_weights, topk_ids, emap, converted, tiles)
-    err = relative_error(out, reference_experts(config, weights, x, topk_weights, topk_ids))
-    assert err <= tolerance(config), f"seed={seed}: relative error {err:.2e}"
+    for m in (9, 1):
+        x, logits = inputs(config, m, seed + m)
+        topk_weights, topk_ids = route(logits, config)
+        out = moe_forward(x, topk_weights, topk_ids, emap, converted, tiles)
+        err = relative_error(out, reference_experts(config, weights, x, topk_weights, topk_ids))
+        assert err <= tolerance(config), f"M={m} seed={seed}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("num_slots", [150, 9000])  # one step, several 4096-slot steps
