@@ -90,11 +90,10 @@ def test_tiles_orientations_and_split_k(fmt: str, swap: bool, split_k: int,
                                         max_registers: int | None) -> None:
     """Both operand orders and split K (3 slices of 2 K tiles: one slice is empty), with
     K and N spanning several tiles (BLOCK_K 64 over H=128, BLOCK_N 32 over I=128), for 9
-    tokens (aligned blocks, a top-k sum launch) and for one (a block per slot; the last
-    GEMM2 program of each column tile sums the slots). With split K the last program of
-    each GEMM1 tile finishes it. The interpreter runs the portable decode; the inline-PTX
-    one is checked on the GPU (test_triton_gpu.py). A register limit (PTX's
-    ``.maxnreg``, applied with that decode only) leaves the portable path as it is."""
+    tokens (aligned blocks) and for one (a block per slot, no align launch). The
+    interpreter runs the portable decode; the inline-PTX one is checked on the GPU
+    (test_triton_gpu.py). A register limit (PTX's ``.maxnreg``, applied with that
+    decode only) leaves the portable path as it is."""
     config, seed = _BASE.replace(weight_format=fmt, expert_map=expert_map), fresh_seed()
     weights = random_weights(config, seed=seed)
     converted = hooks.convert_weights(config, weights, CPU)

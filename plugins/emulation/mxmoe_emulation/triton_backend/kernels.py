@@ -1,7 +1,7 @@
 """The Triton kernels of the ``triton`` backend (imported only once Triton is known to work).
 
-One layer is at most four launches, all on the device, none waiting for the host (see
-:mod:`.launch`), after :func:`route_kernel` when the backend routes:
+One layer is four launches, all on the device, none waiting for the host (five with
+split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes:
 
 1. :func:`align_kernel` (one program; skipped for a single token, whose slots are
    distinct experts and become one block each): counts the tokens routed to each local expert
@@ -16,14 +16,13 @@ One layer is at most four launches, all on the device, none waiting for the host
 2. :func:`moe_gemm_kernel` as GEMM1: gathers each block's token rows, multiplies them
    by the expert's gate and up weight tiles (MX bytes dequantized in registers),
    adds the biases and applies the activation in the epilogue, writing each slot's
-   row of the intermediate activation (with split K: float32 partial sums, and the
-   last program of each tile to finish sums them and applies the epilogue).
+   row of the intermediate activation (with split K: float32 partial sums, finished
+   by :func:`activation_kernel`).
 3. :func:`moe_gemm_kernel` as GEMM2: the activation rows times ``w2``, plus bias,
-   times the router weight, written to the slot's own row (for a single token, the
-   last program of each column tile also sums the slots into the output row).
-4. :func:`sum_slots_kernel` (not for a single token): each token's output is the sum
-   of its ``top_k`` slot rows (and K splits), in a fixed order (deterministic; slots
-   of non-local experts are skipped).
+   times the router weight, written to the slot's own row.
+4. :func:`sum_slots_kernel`: each token's output is the sum of its ``top_k`` slot
+   rows (and K splits), in a fixed order (deterministic; slots of non-local experts
+   are skipped).
 
 MXFP4 tiles use the split-nibble layout of :mod:`.layout`: the low nibbles of a
 tile's bytes are whole MX blocks of K and the high nibbles the blocks after them, so
@@ -69,7 +68,8 @@ except ImportError:  # a Triton build without it (ROCm-only): launch.use_pdl is 
     def gdc_launch_dependents():
         pass
 
-__all__ = ["align_kernel", "moe_gemm_kernel", "route_kernel", "sum_slots_kernel"]
+__all__ = ["activation_kernel", "align_kernel", "moe_gemm_kernel", "route_kernel",
+           "sum_slots_kernel"]
 
 
 # -- programmatic dependent launch ----------------------------------------------------
@@ -424,28 +424,6 @@ def _activate(gate, up, alpha, beta, limit, ACTIVATION: tl.constexpr, HAS_LIMIT:
     return out
 
 
-@triton.jit
-def _gated_result(gate, up, bias_ptrs, n_mask, up_offset, alpha, beta, limit,
-                  HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr,
-                  SWAP: tl.constexpr):
-    """GEMM1's epilogue on float32 gate and up sums: biases, then the activation."""
-    if HAS_BIAS:
-        gate += _along_n(tl.load(bias_ptrs, mask=n_mask, other=0.0), SWAP)
-        up += _along_n(tl.load(bias_ptrs + up_offset, mask=n_mask, other=0.0), SWAP)
-    return _activate(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
-
-
-@triton.jit
-def _last_to_arrive(counter_ptr, arrivals):
-    """Count this program's arrival at a result shared by ``arrivals`` programs (the K
-    slices of a tile, the slots of a token); True for the last one, which then reads the
-    others' partial results. The barrier orders every thread's partial stores before the
-    count; the count's acquire-release at GPU scope makes all stores of the earlier
-    arrivals visible to the last. Counters start at zero (the launcher clears them)."""
-    tl.debug_barrier()
-    return tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == arrivals - 1
-
-
 # -- the grouped GEMMs ------------------------------------------------------------------
 
 
@@ -455,7 +433,7 @@ def moe_gemm_kernel(
     w_ptr, stride_we, stride_wn,
     s_ptr, stride_se, stride_sn, scale_cols,
     bias_ptr, stride_be,
-    out_ptr, stride_out, stride_split, final_ptr, stride_final, counter_ptr,
+    out_ptr, stride_out, stride_split,
     sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
     N, K, num_experts, up_offset, acc_scale, alpha, beta, limit,
     TOP_K: tl.constexpr, GATED: tl.constexpr, ROW_STEP: tl.constexpr,
@@ -463,8 +441,8 @@ def moe_gemm_kernel(
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    SLOT_BLOCKS: tl.constexpr, FINISH_TOKEN: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    SLOT_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
     SPLIT_K slices of K) tile.
@@ -472,15 +450,9 @@ def moe_gemm_kernel(
     GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
     tokens; gate rows ``n * ROW_STEP`` and up rows ``n * ROW_STEP + up_offset`` of
     ``w13``. GEMM2: A rows are the block's activation rows. Both write the rows of
-    their slots: GEMM1 the activation, GEMM2 bias + router-weighted results (with SPLIT_K
-    > 1: float32 partials [split, slot, N], bias in split 0). With SPLIT_K > 1, GEMM1
-    writes float32 partial gate and up sums [split, slot, 2N] to ``out_ptr``, and the
-    last of a tile's slices to finish (``counter_ptr``: one zeroed counter per tile) sums
-    them in slice order and writes the activation to ``final_ptr`` [slot, N]. With
-    ``FINISH_TOKEN`` (GEMM2 of a single token, so with SLOT_BLOCKS), the last of the
-    TOP_K * SPLIT_K programs of each column tile (one zeroed counter per tile) writes the
-    token's output row, the sum of the per-slot results, to ``final_ptr``; programs of
-    slots without an expert count as arrived.
+    their slots: GEMM1 the activation (with SPLIT_K > 1: float32 partial gate and up
+    sums [split, slot, 2N] for :func:`activation_kernel`), GEMM2 bias + router-weighted
+    results (with SPLIT_K > 1: float32 partials [split, slot, N], bias in split 0).
     ``EPB`` is 2 for MXFP4 (K must be a multiple of 64) and 1 for MXFP8. The products
     are multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
     compile-time constant: a run-time bias makes Triton route the scales through shared
@@ -495,17 +467,11 @@ def moe_gemm_kernel(
     tile = pid // SPLIT_K
     blk = tile // n_tiles
     offs_m = tl.arange(0, BLOCK_M)
-    offs_n = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
     if SLOT_BLOCKS:
         # one block per slot, its expert read straight from the top-k ids (num_experts:
         # an id outside [0, num_experts) makes an empty block, as the align step would)
         expert = tl.load(block_expert_ptr + blk)
         if (expert < 0) | (expert >= num_experts):
-            if FINISH_TOKEN:
-                _finish_token(out_ptr, stride_split, stride_out, final_ptr,
-                              counter_ptr + tile % n_tiles, block_expert_ptr, offs_n, n_mask,
-                              num_experts, TOP_K, SPLIT_K, INTERPRET)
             return
         expert = expert.to(tl.int64)
         m_mask = offs_m < 1
@@ -523,6 +489,8 @@ def moe_gemm_kernel(
         a_rows = slots.to(tl.int64)
     route_w = tl.load(route_w_ptr + slots, mask=m_mask, other=0.0)
 
+    offs_n = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
     W_BYTES: tl.constexpr = BLOCK_K // EPB
     offs_wb = tl.arange(0, W_BYTES)
     offs_ws = tl.arange(0, BLOCK_K // 32)
@@ -604,75 +572,58 @@ def moe_gemm_kernel(
     out_mask = _along_m(m_mask, SWAP) & _along_n(n_mask, SWAP)
     out_ptrs = (out_ptr + split * stride_split + _along_m(out_rows, SWAP) * stride_out
                 + _along_n(offs_n, SWAP))
-    b_ptrs = bias_ptr + expert * stride_be + gate_rows
     if GATED and SPLIT_K > 1:
         tl.store(out_ptrs, acc_g, mask=out_mask)
         tl.store(out_ptrs + N, acc_u, mask=out_mask)
-        if _last_to_arrive(counter_ptr + tile, SPLIT_K):
-            # the slices' sums in slice order, whichever program is last: reproducible
-            out_ptrs -= split * stride_split
-            acc_g = tl.zeros_like(acc_g)
-            acc_u = tl.zeros_like(acc_u)
-            for k_slice in tl.static_range(SPLIT_K):
-                slice_ptrs = out_ptrs + k_slice * stride_split
-                acc_g += tl.load(slice_ptrs, mask=out_mask, cache_modifier=".cg")
-                acc_u += tl.load(slice_ptrs + N, mask=out_mask, cache_modifier=".cg")
-            result = _gated_result(acc_g, acc_u, b_ptrs, n_mask, up_offset, alpha, beta, limit,
-                                   HAS_BIAS, ACTIVATION, HAS_LIMIT, SWAP)
-            final_ptrs = (final_ptr + _along_m(out_rows, SWAP) * stride_final
-                          + _along_n(offs_n, SWAP))
-            tl.store(final_ptrs, _round(result, final_ptr.dtype.element_ty, INTERPRET),
-                     mask=out_mask)
-    elif GATED:
-        result = _gated_result(acc_g, acc_u, b_ptrs, n_mask, up_offset, alpha, beta, limit,
-                               HAS_BIAS, ACTIVATION, HAS_LIMIT, SWAP)
-        tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
     else:
         if HAS_BIAS and split == 0:
+            b_ptrs = bias_ptr + expert * stride_be + gate_rows
             acc_g += _along_n(tl.load(b_ptrs, mask=n_mask, other=0.0), SWAP)
-        if WEIGHT_ON_OUTPUT:
-            acc_g = acc_g * _along_m(route_w, SWAP)
-        tl.store(out_ptrs, _round(acc_g, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
-        if FINISH_TOKEN:
-            _finish_token(out_ptr, stride_split, stride_out, final_ptr,
-                          counter_ptr + tile % n_tiles, block_expert_ptr, offs_n, n_mask,
-                          num_experts, TOP_K, SPLIT_K, INTERPRET)
+            if GATED:
+                acc_u += _along_n(tl.load(b_ptrs + up_offset, mask=n_mask, other=0.0), SWAP)
+        if GATED:
+            result = _activate(acc_g, acc_u, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
+        else:
+            result = acc_g
+            if WEIGHT_ON_OUTPUT:
+                result = result * _along_m(route_w, SWAP)
+        tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
+
+
+@triton.jit
+def activation_kernel(
+    partial_ptr, ids_ptr, map_ptr, bias_ptr, stride_be, act_ptr,
+    num_slots, num_experts, N, up_offset, alpha, beta, limit,
+    SPLIT_K: tl.constexpr, ROW_STEP: tl.constexpr, ACTIVATION: tl.constexpr,
+    HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr,
+    INTERPRET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+):
+    """GEMM1's epilogue after a split K: act[slot] = activation(sum of the float32
+    partials [split, slot, (gate | up), N] + bias), splits summed in order."""
+    _wait_for_inputs(PDL)
+    _release_dependents(PDL)
+    slot = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    # the slot's local expert, as a vector over the columns (see sum_slots_kernel)
+    local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0, num_experts,
+                           HAS_MAP)
+    mask = (cols < N) & (local >= 0)
+    gate = tl.zeros([BLOCK], dtype=tl.float32)
+    up = tl.zeros([BLOCK], dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):
+        row = partial_ptr + (split * num_slots + slot) * 2 * N + cols
+        gate += tl.load(row, mask=mask, other=0.0)
+        up += tl.load(row + N, mask=mask, other=0.0)
+    if HAS_BIAS:
+        b_ptrs = bias_ptr + local.to(tl.int64) * stride_be + cols * ROW_STEP
+        gate += tl.load(b_ptrs, mask=mask, other=0.0)
+        up += tl.load(b_ptrs + up_offset, mask=mask, other=0.0)
+    result = _activate(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
+    tl.store(act_ptr + slot * N + cols, _round(result, act_ptr.dtype.element_ty, INTERPRET),
+             mask=mask)
 
 
 # -- the top-k reduction ----------------------------------------------------------------
-
-
-@triton.jit
-def _sum_slots(slot_out_ptr, stride_split, stride_slot, ids_ptr, map_ptr, token, cols, col_mask,
-               num_experts, TOP_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_MAP: tl.constexpr):
-    """float32 sum over j (and over K splits) of row ``token * TOP_K + j`` of the per-slot
-    results [split, slot, H], local experts only, in a fixed order (so the result does not
-    depend on which program computes it). The loads go to L2 (``.cg``): when the last
-    GEMM2 program of a token sums the rows, other SMs wrote them moments before."""
-    acc = tl.zeros(cols.shape, dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        slot = token * TOP_K + j
-        # the slot's expert, loaded as a vector over the columns (a broadcast load):
-        # the interpreter rejects masks mixing a scalar condition into a tensor
-        local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0,
-                               num_experts, HAS_MAP)
-        for split in tl.static_range(SPLIT_K):
-            acc += tl.load(slot_out_ptr + split * stride_split + slot * stride_slot + cols,
-                           mask=col_mask & (local >= 0), other=0.0,
-                           cache_modifier=".cg").to(tl.float32)
-    return acc
-
-
-@triton.jit
-def _finish_token(slot_out_ptr, stride_split, stride_slot, out_ptr, counter_ptr, ids_ptr, cols,
-                  col_mask, num_experts, TOP_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                  INTERPRET: tl.constexpr):
-    """GEMM2 of a single token: the last of the TOP_K * SPLIT_K programs of a column tile
-    writes the token's output columns, the sum of its slots' results."""
-    if _last_to_arrive(counter_ptr, TOP_K * SPLIT_K):
-        acc = _sum_slots(slot_out_ptr, stride_split, stride_slot, ids_ptr, ids_ptr, 0, cols,
-                         col_mask, num_experts, TOP_K, SPLIT_K, False)
-        tl.store(out_ptr + cols, _round(acc, out_ptr.dtype.element_ty, INTERPRET), mask=col_mask)
 
 
 @triton.jit
@@ -688,7 +639,15 @@ def sum_slots_kernel(
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    acc = _sum_slots(slot_out_ptr, num_slots * H, H, ids_ptr, map_ptr, token, cols, col_mask,
-                     num_experts, TOP_K, SPLIT_K, HAS_MAP)
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        slot = token * TOP_K + j
+        # the slot's expert, loaded as a vector over the columns (a broadcast load):
+        # the interpreter rejects masks mixing a scalar condition into a tensor
+        local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0,
+                               num_experts, HAS_MAP)
+        for split in tl.static_range(SPLIT_K):
+            acc += tl.load(slot_out_ptr + (split * num_slots + slot) * H + cols,
+                           mask=col_mask & (local >= 0), other=0.0).to(tl.float32)
     tl.store(out_ptr + token * H + cols, _round(acc, out_ptr.dtype.element_ty, INTERPRET),
              mask=col_mask)

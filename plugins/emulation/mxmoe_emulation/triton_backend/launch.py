@@ -1,19 +1,16 @@
 """One MoE layer as a few kernel launches (see :mod:`.kernels`), no host sync.
 
-[route, when the backend routes] -> [align, unless a single token] -> GEMM1 -> GEMM2
--> [top-k sum, unless a single token]. With split K, the last program of each GEMM1
-tile to finish sums the slices and applies the activation; for a single token, the
-last GEMM2 program of each column tile sums the slots into the output row. Their
-arrival counters are cleared by one small memset per call. On Hopper and later the
+[route, when the backend routes] -> [align, unless a single token] -> GEMM1 ->
+[activation, when GEMM1's K is split] -> GEMM2 -> top-k sum (the sum is skipped when
+each token's single slot can be written as its output row). On Hopper and later the
 launches are programmatic dependent launches (:func:`use_pdl`): each starts while the
 previous one drains and waits in-kernel for its inputs.
 
 Every buffer is sized from shapes alone (the worst-case number of blocks, never the
 actual per-expert counts), so the whole pipeline can be captured in a CUDA graph.
 Extra device memory per call grows with M * top_k only: the block table, the
-intermediate activation [M * top_k, I], the per-slot outputs [M * top_k, H], the
-arrival counters and, with split K, float32 partial sums [split, M * top_k, 2I] and
-[split, M * top_k, H].
+intermediate activation [M * top_k, I], the per-slot outputs [M * top_k, H] and, with
+split K, float32 partial sums [split, M * top_k, 2I] and [split, M * top_k, H].
 """
 
 from __future__ import annotations
@@ -24,7 +21,8 @@ import os
 import torch
 import triton
 
-from .kernels import align_kernel, moe_gemm_kernel, route_kernel, sum_slots_kernel
+from .kernels import (activation_kernel, align_kernel, moe_gemm_kernel, route_kernel,
+                      sum_slots_kernel)
 from .layout import LayerMath, TritonWeights
 from .probe import interpreting
 from .tiles import Tiles, tiles_for
@@ -152,24 +150,9 @@ class _Launcher:
             return bias, 2.0 ** (126 - bias)
         return 0, 1.0
 
-    @property
-    def blocks(self) -> int:
-        """Row blocks of the GEMMs' grids (the worst case, some of them empty)."""
-        return self.table[1].numel()
-
-    def column_tiles(self, gated: bool) -> int:
-        """Output column tiles of GEMM1 (gated) or GEMM2 per row block."""
-        w, tiles = self.weights, self.tiles
-        if gated:
-            return triton.cdiv(w.intermediate_size, tiles.block_n1)
-        return triton.cdiv(w.hidden_size, tiles.block_n2)
-
-    def gemm(self, a: torch.Tensor, out: torch.Tensor, *, gated: bool, split: int,
-             final: torch.Tensor | None = None, counters: torch.Tensor | None = None) -> None:
+    def gemm(self, a: torch.Tensor, out: torch.Tensor, *, gated: bool, split: int) -> None:
         """GEMM1 (gated) or GEMM2 of every block into ``out`` (rows per slot; with split
-        K, [split, slots, ...] float32 partials). ``final``, with zeroed ``counters``:
-        where the last program of a tile writes the finished result: GEMM1 with split K
-        the activation rows, GEMM2 of a single token the output row."""
+        K, [split, slots, ...] float32 partials)."""
         w, math, tiles = self.weights, self.math, self.tiles
         sorted_slots, block_expert, block_rows = self.table
         if gated:
@@ -182,15 +165,13 @@ class _Launcher:
         interleaved = gated and math.interleaved
         fp4 = math.weight_format == "mxfp4"
         row_stride = out.stride(-2)
-        grid = (self.blocks * self.column_tiles(gated) * split,)
+        grid = (block_expert.numel() * triton.cdiv(n, block_n) * split,)
         moe_gemm_kernel[grid](
             a, a.stride(0),
             wq, wq.stride(0), wq.stride(1),
             scale, scale.stride(0), scale.stride(1), scale.shape[2],
             wq if bias is None else bias, 0 if bias is None else bias.stride(0),
             out, row_stride, out.stride(0) if split > 1 else 0,
-            out if final is None else final, 0 if final is None else final.stride(0),
-            block_rows if counters is None else counters,
             sorted_slots, block_expert, block_rows, self.route_w,
             n, k, self.num_experts, (1 if interleaved else n) if gated else 0, acc_scale,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
@@ -202,10 +183,25 @@ class _Launcher:
             PAIRS=self.asm and tiles.pair_decode and _hopper(a.device),
             SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, SLOT_BLOCKS=self.slot_blocks,
-            FINISH_TOKEN=not gated and final is not None,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             launch_pdl=self.pdl, **self.register_limit,
+        )
+
+    def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:
+        """GEMM1's epilogue after a split K."""
+        w, math = self.weights, self.math
+        n, split, slots = w.intermediate_size, partials.shape[0], partials.shape[1]
+        bias = w.w13_bias
+        activation_kernel[(slots, triton.cdiv(n, _REDUCE_BLOCK))](
+            partials, self.ids, self.ids if self.expert_map is None else self.expert_map,
+            partials if bias is None else bias, 0 if bias is None else bias.stride(0), act,
+            slots, self.num_experts, n, 1 if math.interleaved else n,
+            math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
+            SPLIT_K=split, ROW_STEP=2 if math.interleaved else 1, ACTIVATION=math.activation,
+            HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
+            HAS_MAP=self.expert_map is not None, INTERPRET=self.interpret, BLOCK=_REDUCE_BLOCK,
+            PDL=self.pdl, num_warps=4, launch_pdl=self.pdl,
         )
 
     def sum_slots(self, slot_out: torch.Tensor, out: torch.Tensor) -> None:
@@ -247,28 +243,19 @@ def moe_forward(
     run = _Launcher(weights, tiles, asm, interpret, dtype, topk_ids.reshape(-1).to(torch.int32),
                     topk_weights.reshape(-1).to(torch.float32), expert_map, num_experts, top_k)
     split = tiles.split_k
-    direct = split == 1 and top_k == 1 and expert_map is None  # a slot's row is its token's
-    gemm1_counters = run.blocks * run.column_tiles(gated=True) if split > 1 else 0
-    gemm2_counters = run.column_tiles(gated=False) if run.slot_blocks and not direct else 0
-    counters = (torch.zeros(gemm1_counters + gemm2_counters, dtype=torch.int32, device=dev)
-                if gemm1_counters + gemm2_counters else None)
     act = torch.empty(slots, weights.intermediate_size, dtype=dtype, device=dev)
     if split > 1:
         partials = torch.empty(split, slots, 2 * weights.intermediate_size, dtype=torch.float32,
                                device=dev)
-        run.gemm(hidden_states, partials, gated=True, split=split, final=act,
-                 counters=counters[:gemm1_counters])
+        run.gemm(hidden_states, partials, gated=True, split=split)
+        run.activation(partials, act)
     else:
         run.gemm(hidden_states, act, gated=True, split=1)
-    if direct:
-        run.gemm(act, out, gated=False, split=1)
+    if split == 1 and top_k == 1 and expert_map is None:
+        run.gemm(act, out, gated=False, split=1)  # each token's one slot is its output row
         return out
     slot_out = torch.empty(split, slots, hidden, dtype=torch.float32 if split > 1 else dtype,
                            device=dev)
-    if gemm2_counters:
-        run.gemm(act, slot_out, gated=False, split=split, final=out,
-                 counters=counters[gemm1_counters:])
-    else:
-        run.gemm(act, slot_out, gated=False, split=split)
-        run.sum_slots(slot_out, out)
+    run.gemm(act, slot_out, gated=False, split=split)
+    run.sum_slots(slot_out, out)
     return out
