@@ -45,6 +45,12 @@ def _global_experts(num_local: int, expert_map: torch.Tensor | None) -> int:
     return num_local if expert_map is None else expert_map.numel()
 
 
+def _map_argument(ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
+    """A kernel's expert-map pointer: the map, or the ids standing in for it when there is
+    none (the kernels then never read it: HAS_MAP is False)."""
+    return ids if expert_map is None else expert_map
+
+
 def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> int:
     """Most blocks the slots can need: whole blocks plus one partial per used expert."""
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
@@ -107,7 +113,7 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
         [blocks * block_m, blocks, blocks, e_pad, e_pad, num_slots])
     chunk, warps = _align_chunk(num_slots)
     align_kernel[(1,)](
-        ids, ids if expert_map is None else expert_map, sorted_slots, block_expert, block_rows,
+        ids, _map_argument(ids, expert_map), sorted_slots, block_expert, block_rows,
         counts, rank, row_start, num_slots, blocks, num_experts,
         NUM_LOCAL=num_local, E_PAD=e_pad, HAS_MAP=expert_map is not None, BLOCK_M=block_m,
         CHUNK=chunk, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl, num_warps=warps,
@@ -194,7 +200,7 @@ class _Launcher:
         n, split, slots = w.intermediate_size, partials.shape[0], partials.shape[1]
         bias = w.w13_bias
         activation_kernel[(slots, triton.cdiv(n, _REDUCE_BLOCK))](
-            partials, self.ids, self.ids if self.expert_map is None else self.expert_map,
+            partials, self.ids, _map_argument(self.ids, self.expert_map),
             partials if bias is None else bias, 0 if bias is None else bias.stride(0), act,
             slots, self.num_experts, n, 1 if math.interleaved else n,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
@@ -208,7 +214,7 @@ class _Launcher:
         """Each token's output: the sum of its slots' rows (and K splits)."""
         split, slots, hidden = slot_out.shape
         sum_slots_kernel[(out.shape[0], triton.cdiv(hidden, _REDUCE_BLOCK))](
-            slot_out, self.ids, self.ids if self.expert_map is None else self.expert_map, out,
+            slot_out, self.ids, _map_argument(self.ids, self.expert_map), out,
             hidden, slots, self.num_experts, TOP_K=self.top_k, SPLIT_K=split,
             HAS_MAP=self.expert_map is not None,
             BLOCK_H=_REDUCE_BLOCK, INTERPRET=self.interpret, PDL=self.pdl, num_warps=4,
