@@ -69,45 +69,40 @@ VARIANTS: dict[str, Tiles | None] = {
     "b128-64x128-w4-s3": Tiles(128, 64, 64, 128, 4, 3),
     "b128-128x64-w8-s2": Tiles(128, 128, 128, 64, 8, 2),
     "b256-64x64-w8-s2": Tiles(256, 64, 64, 64, 8, 2),
-    # v7: the two-byte PTX decode on wgmma tiles ("-p")
-    "s16-64x128-w4-s3-p": Tiles(16, 64, 64, 128, 4, 3, pair_decode=True),
-    "s16-64x256-w4-s3-p": Tiles(16, 64, 64, 256, 4, 3, pair_decode=True),
-    "s16-64x128-w4-s2-p": Tiles(16, 64, 64, 128, 4, 2, pair_decode=True),
-    "s16-128x128-w8-s3-p": Tiles(16, 128, 128, 128, 8, 3, pair_decode=True),
-    "b32-64x128-w4-s3-p": Tiles(32, 64, 64, 128, 4, 3, pair_decode=True),
-    "b128-64x128-w4-s2-p": Tiles(128, 64, 64, 128, 4, 2, pair_decode=True),
-    "b128-64x128-w4-s3-p": Tiles(128, 64, 64, 128, 4, 3, pair_decode=True),
-    "b128-128x64-w8-s2-p": Tiles(128, 128, 128, 64, 8, 2, pair_decode=True),
-    "b128-128x128-w8-s2-p": Tiles(128, 128, 128, 128, 8, 2, pair_decode=True),
-    "b64-128x64-w8-s3-p": Tiles(64, 128, 128, 64, 8, 3, pair_decode=True),
-    "s16-64x64-w4-s4-p": Tiles(16, 64, 64, 64, 4, 4, pair_decode=True),
-    "s16-64x64-w4-s3-p": Tiles(16, 64, 64, 64, 4, 3, pair_decode=True),
-    "b128-64x64-w4-s3-p": Tiles(128, 64, 64, 64, 4, 3, pair_decode=True),
-    "b128-64x128-w4-s4-p": Tiles(128, 64, 64, 128, 4, 4, pair_decode=True),
+    # v7: wgmma decode tiles and more prefill shapes
+    "s16-64x128-w4-s3": Tiles(16, 64, 64, 128, 4, 3),
+    "s16-64x256-w4-s3": Tiles(16, 64, 64, 256, 4, 3),
+    "s16-64x128-w4-s2": Tiles(16, 64, 64, 128, 4, 2),
+    "s16-128x128-w8-s3": Tiles(16, 128, 128, 128, 8, 3),
+    "b128-128x128-w8-s2": Tiles(128, 128, 128, 128, 8, 2),
+    "b64-128x64-w8-s3": Tiles(64, 128, 128, 64, 8, 3),
+    "s16-64x64-w4-s3": Tiles(16, 64, 64, 64, 4, 3),
+    "b128-64x64-w4-s3": Tiles(128, 64, 64, 64, 4, 3),
+    "b128-64x128-w4-s4": Tiles(128, 64, 64, 128, 4, 4),
     # v10: split K on the decode tiles (the v2 trial used 64-deep K steps only)
     "s16-32x256-w2-s3-k2": Tiles(16, 32, 32, 256, 2, 3, split_k=2),
     "s16-32x256-w2-s3-k3": Tiles(16, 32, 32, 256, 2, 3, split_k=3),
     "s16-32x128-w2-s3-k2": Tiles(16, 32, 32, 128, 2, 3, split_k=2),
     "s16-32x128-w2-s3-k4": Tiles(16, 32, 32, 128, 2, 3, split_k=4),
-    "s16-64x128-w4-s3-p-k2": Tiles(16, 64, 64, 128, 4, 3, split_k=2, pair_decode=True),
+    "s16-64x128-w4-s3-k2": Tiles(16, 64, 64, 128, 4, 3, split_k=2),
     # v13: three K slices at M <= 4 (with 128-deep steps), one-warp split tiles
     "s16-32x128-w2-s3-k3": Tiles(16, 32, 32, 128, 2, 3, split_k=3),
     "s16-16x128-w1-s3-k2": Tiles(16, 16, 16, 128, 1, 3, split_k=2),
     "s16-32x64-w2-s4-k3": Tiles(16, 32, 32, 64, 2, 4, split_k=3),
     # v13i: after the C7515 fix, deeper pipelines on the decode tile
-    "s16-64x128-w4-s4-p": Tiles(16, 64, 64, 128, 4, 4, pair_decode=True),
-    "s16-64x128-w4-s5-p": Tiles(16, 64, 64, 128, 4, 5, pair_decode=True),
-    "s16-64x128-w4-s3-p-k3": Tiles(16, 64, 64, 128, 4, 3, split_k=3, pair_decode=True),
-    "s16-64x128-w4-s3-p-k4": Tiles(16, 64, 64, 128, 4, 3, split_k=4, pair_decode=True),
-    "s16-64x128-w4-s4-p-k2": Tiles(16, 64, 64, 128, 4, 4, split_k=2, pair_decode=True),
-    "s16-64x64-w4-s4-p-k2": Tiles(16, 64, 64, 64, 4, 4, split_k=2, pair_decode=True),
-    "s16-128x128-w8-s3-p-k2": Tiles(16, 128, 128, 128, 8, 3, split_k=2, pair_decode=True),
-    "s16-64x128-w4-s4-p-k3": Tiles(16, 64, 64, 128, 4, 4, split_k=3, pair_decode=True),
-    "s16-64x64-w4-s4-p-k3": Tiles(16, 64, 64, 64, 4, 4, split_k=3, pair_decode=True),
-    "s16-128x128-w8-s3-p-k3": Tiles(16, 128, 128, 128, 8, 3, split_k=3, pair_decode=True),
-    "b32-64x128-w4-s3-p-k2": Tiles(32, 64, 64, 128, 4, 3, split_k=2, pair_decode=True),
-    "b64-128x64-w8-s3-p-k2": Tiles(64, 128, 128, 64, 8, 3, split_k=2, pair_decode=True),
-    "b128-64x128-w4-s3-p-k2": Tiles(128, 64, 64, 128, 4, 3, split_k=2, pair_decode=True),
+    "s16-64x128-w4-s4": Tiles(16, 64, 64, 128, 4, 4),
+    "s16-64x128-w4-s5": Tiles(16, 64, 64, 128, 4, 5),
+    "s16-64x128-w4-s3-k3": Tiles(16, 64, 64, 128, 4, 3, split_k=3),
+    "s16-64x128-w4-s3-k4": Tiles(16, 64, 64, 128, 4, 3, split_k=4),
+    "s16-64x128-w4-s4-k2": Tiles(16, 64, 64, 128, 4, 4, split_k=2),
+    "s16-64x64-w4-s4-k2": Tiles(16, 64, 64, 64, 4, 4, split_k=2),
+    "s16-128x128-w8-s3-k2": Tiles(16, 128, 128, 128, 8, 3, split_k=2),
+    "s16-64x128-w4-s4-k3": Tiles(16, 64, 64, 128, 4, 4, split_k=3),
+    "s16-64x64-w4-s4-k3": Tiles(16, 64, 64, 64, 4, 4, split_k=3),
+    "s16-128x128-w8-s3-k3": Tiles(16, 128, 128, 128, 8, 3, split_k=3),
+    "b32-64x128-w4-s3-k2": Tiles(32, 64, 64, 128, 4, 3, split_k=2),
+    "b64-128x64-w8-s3-k2": Tiles(64, 128, 128, 64, 8, 3, split_k=2),
+    "b128-64x128-w4-s3-k2": Tiles(128, 64, 64, 128, 4, 3, split_k=2),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
@@ -129,28 +124,28 @@ PREFILL_TABLE_VARIANTS = {
 }
 
 
-#: Per-M candidates of the two-byte decode sweep (v7): wgmma tiles with "-p".
-PAIR_VARIANTS = {
-    1: ("table", "s16-64x128-w4-s3-p", "s16-64x256-w4-s3-p", "table"),
-    8: ("table", "s16-64x128-w4-s3-p", "s16-64x256-w4-s3-p", "s16-64x128-w4-s2-p", "table"),
-    64: ("table", "s16-64x128-w4-s3-p", "s16-64x256-w4-s3-p", "s16-64x128-w4-s2-p",
-         "s16-128x128-w8-s3-p", "table"),
-    256: ("table", "s16-64x128-w4-s3-p", "s16-128x128-w8-s3-p", "b32-64x128-w4-s3-p", "table"),
-    2048: ("table", "b64-128x64-w8-s3-p", "b128-64x128-w4-s2-p", "table"),
-    4096: ("table", "b128-64x128-w4-s2-p", "b128-64x128-w4-s3-p", "b128-128x64-w8-s2-p",
-           "b128-128x128-w8-s2-p", "b64-128x64-w8-s3-p", "table"),
+#: Per-M candidates for the fragment-word decode (v15): the table's tiles and their
+#: neighbours in depth, width and K split.
+FRAGMENT_VARIANTS = {
+    1: ("table", "s16-64x128-w4-s3", "s16-64x128-w4-s4-k2", "s16-64x128-w4-s3-k3", "table"),
+    8: ("table", "s16-64x128-w4-s4-k3", "s16-64x128-w4-s3-k2", "s16-64x256-w4-s3",
+        "s16-128x128-w8-s3-k3", "table"),
+    64: ("table", "s16-64x128-w4-s4-k3", "s16-64x128-w4-s3-k2", "s16-128x128-w8-s3-k3",
+         "s16-64x128-w4-s3", "table"),
+    4096: ("table", "b128-64x128-w4-s4", "b128-64x128-w4-s2", "b128-128x64-w8-s2",
+           "b64-128x128-w8-s2", "table"),
 }
 
 
 def variants_for(m: int, spec: str) -> list[str]:
     """Variant names to run at M: "all" picks the decode or prefill set, "prefill-table"
-    and "pairs" the per-M candidates above, else a comma-separated list."""
+    and "fragments" the per-M candidates above, else a comma-separated list."""
     if spec == "all":
         return list(DECODE_VARIANTS if m <= 256 else PREFILL_VARIANTS)
     if spec == "prefill-table":
         return list(PREFILL_TABLE_VARIANTS[m])
-    if spec == "pairs":
-        return list(PAIR_VARIANTS[m])
+    if spec == "fragments":
+        return list(FRAGMENT_VARIANTS[m])
     return spec.split(",")
 
 

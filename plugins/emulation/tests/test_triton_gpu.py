@@ -44,16 +44,16 @@ class TestTritonConformanceGPU(BackendConformance):
 @pytest.mark.parametrize("tiles", [
     Tiles(16, 32, 32, 256, 2, 4), Tiles(16, 32, 32, 128, 2, 4, split_k=3),
     Tiles(16, 64, 64, 128, 4, 4),
-    Tiles(16, 64, 64, 128, 4, 3, pair_decode=True, max_registers=112),
-    Tiles(16, 64, 64, 128, 4, 3, split_k=3, pair_decode=True),
-    Tiles(32, 64, 64, 128, 4, 3, pair_decode=True),
-    Tiles(128, 64, 64, 128, 4, 2), Tiles(128, 128, 128, 64, 8, 3, pair_decode=True),
-    Tiles(128, 64, 64, 64, 8, 3, swap=False, pair_decode=True),
+    Tiles(16, 64, 64, 128, 4, 3, max_registers=112),
+    Tiles(16, 64, 64, 128, 4, 3, split_k=3),
+    Tiles(32, 64, 64, 128, 4, 3),
+    Tiles(128, 64, 64, 128, 4, 2), Tiles(128, 128, 128, 64, 8, 3),
+    Tiles(128, 64, 64, 64, 8, 3, swap=False),
 ], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_decodes_agree_with_reference(tiles: Tiles, dtype: torch.dtype) -> None:
-    """The inline-PTX decode (four-byte and, on Hopper's wgmma tiles, two-byte form) and
-    the portable one, on the table's kinds of tiles, all match the reference (K = 512
+    """The inline-PTX fragment decode and the portable one, on the table's kinds of tiles
+    (wgmma on Hopper, mma.sync for 2-warp and 16-column tiles), all match the reference (K = 512
     spans several tiles; 97 tokens fill partial blocks; one token takes the block-per-
     slot path, without the align launch)."""
     config = MoEConfig(num_experts=8, top_k=2, hidden_size=512, intermediate_size=384,

@@ -24,20 +24,18 @@ split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes
    rows (and K splits), in a fixed order (deterministic; slots of non-local experts
    are skipped).
 
-MXFP4 tiles use the split-nibble layout of :mod:`.layout`: the low nibbles of a
-tile's bytes are whole MX blocks of K and the high nibbles the blocks after them, so
-a byte tile decodes into two weight tiles, each multiplied with the matching columns
-of the activations (no interleaving of nibbles in registers). Decoding, per element:
+MXFP4 tiles are fragment words (:mod:`.layout`): each 32-bit word holds the eight
+E2M1 codes one thread needs for its tensor-core operand registers, so a tile is loaded
+as 16-byte vectors and decoded without moving data between threads
+(:func:`_fragment_tile`):
 
-* ``ASM`` (NVIDIA): inline PTX on 32-bit words, four bytes at a time: ``prmt``
-  spreads bytes into 16-bit lanes; each nibble is masked, multiplied by a constant
-  that lays down two copies of it (magnitude bits and sign where a bf16 keeps them)
-  and masked again, giving the bf16 of value * 2**-126 (exact, the subnormal 0.5
-  included); one packed multiply by a scale that carries the 2**126 finishes two
-  weights. About 2.3 instructions per weight (the fp16 variant shifts twice and
-  multiplies twice, about 3.5).
-* otherwise (the interpreter, ROCm): the same values through float16 bit patterns
-  and float32 in Triton operations, one element at a time.
+* ``ASM`` (NVIDIA): inline PTX per word: a mask, or a rotate and a mask, or a mask, a
+  multiply and a mask make each pair of weights a bf16x2 bit pattern of value *
+  2**-126 (exact, the subnormal 0.5 included); one packed multiply by the scale pair,
+  which carries the 2**126, finishes two weights: about 1.6 instructions per weight
+  (the fp16 form adds a multiply, a mask and a second packed multiply).
+* otherwise (the interpreter, ROCm): the same bit patterns read back into codes and
+  values in float32 with Triton operations, one element at a time.
 
 E4M3 (MXFP8) bytes convert with Triton's float8 cast and are scaled in float32.
 ``SWAP`` picks the orientation of the product: ``W @ X^T`` (weights as the left
@@ -223,64 +221,40 @@ def _round(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 
 # -- MX weight tiles -----------------------------------------------------------------
 
-# The PTX decodes. Bytes are first spread so that each 16-bit lane of a register holds
-# one byte; then each 32-bit output (two weights of one MX block) is made from one nibble
-# per lane by _bf16_weights or _fp16_weights and one packed multiply by its scale pair.
-#
-# bf16: a nibble masked out and multiplied by 2**6 + 2**12 (2**2 + 2**8 for the high
-# nibble) lands twice without overlapping carries: its magnitude bits at 6..8 and its
-# sign at 15, the bf16 of value * 2**-126 (exact, the subnormal 0.5 included) after the
-# final mask. The scales carry the missing 2**126 (SCALE_BIAS in moe_gemm_kernel).
-# fp16: magnitude bits to 9..11 give value * 2**-14 (shifted twice: the two copies would
-# overlap at bit 12), and two packed FMAs apply 2**14 and the scale.
+# The PTX decode of one fragment word (layout.py): four bf16x2 bit patterns of value *
+# 2**-126 (magnitude bits at 6-8, sign at 15, exact: the subnormal 0.5 included), by a
+# mask ($8 & MASK), two rotations and a mask, and a mask, a multiply and a mask; then
+# one packed multiply each by the scale pair of its row ($9: row r, $10: row r + 8),
+# which carries the missing 2**126 (SCALE_BIAS in moe_gemm_kernel). The fp16 form
+# moves the magnitude bits to 9-11 (times 9: a copy 3 bits up, no overlap, so no
+# carries; then a mask), giving value * 2**-14, and applies 2**14 and the scale as two
+# packed multiplies (their product might not fit float16). Outputs: $0-$7, the two
+# halves of the four patterns (see layout.FRAGMENT_BITS).
+_FRAGMENT_MASK = "0x81C081C0"
 
 
-def _bf16_weights(src: str, out: str, scale: str, high: bool) -> str:
-    """PTX: the low (or high) nibbles of the two bytes in ``src``'s lanes -> bf16x2 ``out``."""
-    mask, spread = ("0x00F000F0", "0x104") if high else ("0x000F000F", "0x1040")
-    return (f"and.b32 x, {src}, {mask}; mul.lo.u32 x, x, {spread}; and.b32 x, x, 0x81C081C0;\n"
-            f"fma.rn.bf16x2 {out}, x, {scale}, z;\n")
-
-
-def _fp16_weights(src: str, out: str, scale: str, high: bool) -> str:
-    """PTX: the low (or high) nibbles of the two bytes in ``src``'s lanes -> f16x2 ``out``."""
-    magnitude, sign = (5, 8) if high else (9, 12)
-    return (f"shl.b32 m, {src}, {magnitude}; and.b32 m, m, 0x0E000E00; "
-            f"shl.b32 s, {src}, {sign}; and.b32 s, s, 0x80008000;\n"
-            f"or.b32 m, m, s; fma.rn.f16x2 m, m, k, z; fma.rn.f16x2 {out}, m, {scale}, z;\n")
-
-
-def _decode_ptx(spread_regs: str, spread: str, outputs: tuple, fp16: bool) -> str:
-    """One inline-PTX decode: declarations, the byte spread, then one output register per
-    (spread register, output operand, scale operand, high nibble) in ``outputs``."""
+def _fragment_ptx(fp16: bool) -> str:
+    patterns = (f"and.b32 p0, $8, {_FRAGMENT_MASK};\n"
+                f"shf.l.wrap.b32 p1, $8, $8, 10; and.b32 p1, p1, {_FRAGMENT_MASK};\n"
+                f"shf.l.wrap.b32 p2, $8, $8, 13; and.b32 p2, p2, {_FRAGMENT_MASK};\n"
+                "and.b32 p3, $8, 0x001B001B; mul.lo.u32 p3, p3, 0x1084; "
+                f"and.b32 p3, p3, {_FRAGMENT_MASK};\n")
+    body = ""
+    for i, scale in enumerate(("$9", "$10", "$9", "$10")):
+        if fp16:
+            body += (f"mul.lo.u32 p{i}, p{i}, 9; and.b32 p{i}, p{i}, 0x8E008E00;\n"
+                     f"fma.rn.f16x2 p{i}, p{i}, k, z; fma.rn.f16x2 p{i}, p{i}, {scale}, z;\n")
+        else:
+            body += f"fma.rn.bf16x2 p{i}, p{i}, {scale}, z;\n"
+        body += f"mov.b32 {{${2 * i}, ${2 * i + 1}}}, p{i};\n"
+    head = ".reg .b32 p0, p1, p2, p3, z, k;\nmov.b32 z, 0x80008000;\n"
     if fp16:
-        head = (f".reg .b32 {spread_regs}, m, s, k, z;\n"
-                "mov.b32 k, 0x74007400;\nmov.b32 z, 0x80008000;\n")
-    else:
-        head = f".reg .b32 {spread_regs}, x, z;\nmov.b32 z, 0x80008000;\n"
-    weights = _fp16_weights if fp16 else _bf16_weights
-    return "{\n" + head + spread + "".join(weights(*o) for o in outputs) + "}"
+        head += "mov.b32 k, 0x74007400;\n"
+    return "{\n" + head + patterns + body + "}"
 
 
-# Four packed bytes ($4) and the scales of their low ($5, $6) and high ($7, $8) nibbles
-# (pairs) -> the low-nibble weights ($0, $1) and high-nibble weights ($2, $3); prmt
-# spreads bytes 0,1 (2,3) into the lanes of t0 (t1).
-_FOUR_BYTES = ("t0, t1", "prmt.b32 t0, $4, 0, 0x4140;\nprmt.b32 t1, $4, 0, 0x4342;\n",
-               (("t0", "$0", "$5", False), ("t1", "$1", "$6", False),
-                ("t0", "$2", "$7", True), ("t1", "$3", "$8", True)))
-# The two-byte form, for operand layouts that give a thread K-adjacent pairs (Hopper's
-# wgmma register operand): four bytes per call would first be gathered from two pairs
-# with a PRMT per byte. Two packed bytes ($2, 16 bits) and, per byte, the scale of its
-# low ($3, $4) and high ($5, $6) nibble as a 32-bit pair (the scale in both halves,
-# paired once per MX block instead of per call; the twins $4, $6 are the same block's)
-# -> the two low-nibble weights ($0) and the two high-nibble weights ($1).
-_TWO_BYTES = ("t", "cvt.u32.u16 t, $2;\nprmt.b32 t, t, 0, 0x4140;\n",
-              (("t", "$0", "$3", False), ("t", "$1", "$5", True)))
-
-_FP4_TO_BF16 = tl.constexpr(_decode_ptx(*_FOUR_BYTES, fp16=False))
-_FP4_TO_FP16 = tl.constexpr(_decode_ptx(*_FOUR_BYTES, fp16=True))
-_FP4_PAIR_TO_BF16 = tl.constexpr(_decode_ptx(*_TWO_BYTES, fp16=False))
-_FP4_PAIR_TO_FP16 = tl.constexpr(_decode_ptx(*_TWO_BYTES, fp16=True))
+_FRAGMENT_TO_BF16 = tl.constexpr(_fragment_ptx(fp16=False))
+_FRAGMENT_TO_FP16 = tl.constexpr(_fragment_ptx(fp16=True))
 
 
 @triton.jit
@@ -292,59 +266,73 @@ def _scales(ws, bias, DTYPE: tl.constexpr):
 
 @triton.jit
 def _e2m1_values(codes):
-    """E2M1 codes (uint8, 0..15) -> float32, exactly, through float16 bit patterns:
-    s|e1 e0|m becomes s|00 0 e1 e0|m 0..0, the value times 2**-14 (0.5 is subnormal)."""
+    """E2M1 codes (0..15, any integer type) -> float32, exactly, through float16 bit
+    patterns: s|e1 e0|m becomes s|00 0 e1 e0|m 0..0, the value times 2**-14 (0.5 is
+    subnormal)."""
     c = codes.to(tl.uint16)
     half = (((c & 7) << 9) | ((c & 8) << 12)).to(tl.float16, bitcast=True)
     return half.to(tl.float32) * 16384.0
 
 
 @triton.jit
-def _ptx_decode(wq, s_lo, s_hi, TO_BF16: tl.constexpr, TO_FP16: tl.constexpr,
-                CONSTRAINTS: tl.constexpr, PACK: tl.constexpr, DTYPE: tl.constexpr):
-    """One of the PTX decodes above, for bf16 or fp16 weights."""
-    if DTYPE == tl.bfloat16:
-        w_lo, w_hi = tl.inline_asm_elementwise(TO_BF16, CONSTRAINTS, [wq, s_lo, s_hi],
-                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
-                                               pack=PACK)
-    else:
-        w_lo, w_hi = tl.inline_asm_elementwise(TO_FP16, CONSTRAINTS, [wq, s_lo, s_hi],
-                                               dtype=(tl.float16, tl.float16), is_pure=True,
-                                               pack=PACK)
-    return w_lo, w_hi
+def _rotl(w, BITS: tl.constexpr):
+    return (w << BITS) | (w >> (32 - BITS))
 
 
 @triton.jit
-def _decode_fp4(wq, ws, SCALE_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                DTYPE: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr):
-    """Split-nibble bytes [BN, BK/2] and their scales [BN, BK/32] -> the weights of the
-    low nibbles and of the high nibbles, each [BN, BK/2] in DTYPE (for the bf16 PTX
-    decode: times 2**(SCALE_BIAS - 126)). ``PAIRS``: the PTX decode takes two bytes a
-    call (see _FP4_PAIR_TO_BF16) instead of four."""
-    HALF: tl.constexpr = BLOCK_K // 2
-    GROUPS: tl.constexpr = BLOCK_K // 64
+def _pattern_values(p, scale):
+    """The two weights of a bf16x2 pattern (uint32, see _fragment_ptx) times ``scale``
+    (float32), portably: the codes are read back from the pattern's bits."""
+    lo = ((p >> 6) & 7) | ((p >> 12) & 8)
+    hi = ((p >> 22) & 7) | ((p >> 28) & 8)
+    return _e2m1_values(lo) * scale, _e2m1_values(hi) * scale
+
+
+@triton.jit
+def _fragment_tile(words, ws, SCALE_BIAS: tl.constexpr, DTYPE: tl.constexpr,
+                   ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Fragment words [BN/16, 8, BK/16, 4] (uint32: 16-row group, row r, 16-column step,
+    lane column c) and their scale bytes [BN/16, 8, 2, BK/32] (group, row r, rows r and
+    r + 8, MX block) -> the weight tile [BN, BK] in DTYPE (for the bf16 PTX decode:
+    times 2**(SCALE_BIAS - 126)). Every reshape here keeps each word's eight weights in
+    the registers of the thread that decoded them (the operand layout of mma/wgmma);
+    Triton sees the permutation and moves no data."""
+    N16: tl.constexpr = BLOCK_N // 16
+    KB: tl.constexpr = BLOCK_K // 16
+    NB: tl.constexpr = BLOCK_K // 32
     if ASM and DTYPE == tl.bfloat16:
-        scale = _scales(ws, SCALE_BIAS, DTYPE)
+        scale = (ws.to(tl.uint32) + SCALE_BIAS) * 0x00800080  # the bf16 pair, exponent field
     elif ASM:
-        scale = _scales(ws, 0, DTYPE)
+        bits = _scales(ws, 0, DTYPE).to(tl.uint16, bitcast=True).to(tl.uint32)
+        scale = bits | (bits << 16)
     else:
         scale = _scales(ws, 0, tl.float32)
-    if ASM and PAIRS:
-        bits = scale.to(tl.uint16, bitcast=True).to(tl.uint32)
-        scale = bits | (bits << 16)
-    s_lo, s_hi = scale.reshape(BLOCK_N, GROUPS, 2).split()
-    s_lo = tl.broadcast_to(s_lo[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
-    s_hi = tl.broadcast_to(s_hi[:, :, None], (BLOCK_N, GROUPS, 32)).reshape(BLOCK_N, HALF)
-    if ASM and PAIRS:
-        w_lo, w_hi = _ptx_decode(wq, s_lo, s_hi, _FP4_PAIR_TO_BF16, _FP4_PAIR_TO_FP16,
-                                 "=r,=r,h,r,r,r,r", 2, DTYPE)
+    s_r, s_r8 = tl.permute(scale, (0, 1, 3, 2)).split()  # [N16, 8, NB] each
+    # each scale serves the two 16-column steps of its MX block and all four lanes
+    s_r = tl.broadcast_to(s_r[:, :, :, None, None], (N16, 8, NB, 2, 4)).reshape(N16, 8, KB, 4)
+    s_r8 = tl.broadcast_to(s_r8[:, :, :, None, None], (N16, 8, NB, 2, 4)).reshape(N16, 8, KB, 4)
+    if ASM and DTYPE == tl.bfloat16:
+        o = tl.inline_asm_elementwise(_FRAGMENT_TO_BF16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r",
+                                      [words, s_r, s_r8], dtype=(tl.bfloat16,) * 8,
+                                      is_pure=True, pack=1)
     elif ASM:
-        w_lo, w_hi = _ptx_decode(wq, s_lo, s_hi, _FP4_TO_BF16, _FP4_TO_FP16,
-                                 "=r,=r,=r,=r,r,r,r,r,r", 4, DTYPE)
+        o = tl.inline_asm_elementwise(_FRAGMENT_TO_FP16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r",
+                                      [words, s_r, s_r8], dtype=(tl.float16,) * 8,
+                                      is_pure=True, pack=1)
     else:
-        w_lo = (_e2m1_values(wq & 0xF) * s_lo).to(DTYPE)
-        w_hi = (_e2m1_values(wq >> 4) * s_hi).to(DTYPE)
-    return w_lo, w_hi
+        mask = 0x81C081C0
+        w = words.to(tl.uint32, bitcast=True)
+        o0, o1 = _pattern_values(w & mask, s_r)
+        o2, o3 = _pattern_values(_rotl(w, 10) & mask, s_r8)
+        o4, o5 = _pattern_values(_rotl(w, 13) & mask, s_r)
+        o6, o7 = _pattern_values(((w & 0x001B001B) * 0x1084) & mask, s_r8)
+        o = (o0.to(DTYPE), o1.to(DTYPE), o2.to(DTYPE), o3.to(DTYPE), o4.to(DTYPE),
+             o5.to(DTYPE), o6.to(DTYPE), o7.to(DTYPE))
+    # (element, row r / r + 8) per column half, then the halves: [N16, 8, KB, 4, 2, 2, 2]
+    left = tl.join(tl.join(o[0], o[1]), tl.join(o[2], o[3]))
+    right = tl.join(tl.join(o[4], o[5]), tl.join(o[6], o[7]))
+    tile = tl.permute(tl.join(left, right), (0, 5, 1, 2, 6, 3, 4))
+    return tl.reshape(tile, (BLOCK_N, BLOCK_K))
 
 
 @triton.jit
@@ -369,22 +357,65 @@ def _mma(w, a, acc, SWAP: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _mx_tile_product(acc, a_lo, a_hi, w_ptrs, ws, w_mask, SCALE_BIAS: tl.constexpr,
-                     EPB: tl.constexpr, PAIRS: tl.constexpr,
+def _weight_tile_ptrs(w_base, s_base, n_start, stride_wn, stride_sn, EPB: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pointers to the first K step of the weight tile of rows n_start.. and to its scale
+    bytes: MXFP4 fragment words [BN/16, 8, BK/16, 4] and scales [BN/16, 8, 2, BK/32] (see
+    _fragment_tile; ``stride_wn`` in words), MXFP8 bytes [BN, BK] and scales [BN, BK/32]."""
+    if EPB == 2:
+        g = tl.arange(0, BLOCK_N // 16)[:, None, None, None]
+        r = tl.arange(0, 8)[None, :, None, None]
+        step = tl.arange(0, BLOCK_K // 16)[None, None, :, None]
+        c = tl.arange(0, 4)[None, None, None, :]
+        rows = (n_start + 16 * g).to(tl.int64)  # 16 rows of a group share its words
+        w_ptrs = w_base + rows * stride_wn + (step // 4) * 128 + r * 16 + c * 4 + step % 4
+        half = tl.arange(0, 2)[None, None, :, None]
+        block = tl.arange(0, BLOCK_K // 32)[None, None, None, :]
+        s_rows = (n_start + 16 * g + 8 * half + r).to(tl.int64)
+        s_ptrs = s_base + s_rows * stride_sn + block
+    else:
+        rows = (n_start + tl.arange(0, BLOCK_N)).to(tl.int64)
+        w_ptrs = w_base + rows[:, None] * stride_wn + tl.arange(0, BLOCK_K)[None, :]
+        s_ptrs = s_base + rows[:, None] * stride_sn + tl.arange(0, BLOCK_K // 32)[None, :]
+    return w_ptrs, s_ptrs
+
+
+@triton.jit
+def _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(weights, scales) masks of the K step at k0, shaped as _weight_tile_ptrs's tiles.
+    MXFP4 masks are constant over whole 16-row groups and 64 columns (N and K are
+    multiples of 16 and 64), so each thread's 16-byte word vector stays one load. The
+    scales are bounded by the stored row width ``scale_cols`` (a multiple of 16, see
+    layout.py), not by the program's K slice: the mask is then constant over each
+    vector of bytes (one wide load instead of one load per byte); the scales read past
+    the slice (the next slice's, or padding) only ever multiply weights and
+    activations that are masked to zero."""
+    if EPB == 2:
+        g = tl.arange(0, BLOCK_N // 16)[:, None, None, None]
+        step = tl.arange(0, BLOCK_K // 16)[None, None, :, None]
+        w_mask = ((n_start + 16 * g) < N) & ((k0 + (step // 4) * 64) < k_end)
+        block = tl.arange(0, BLOCK_K // 32)[None, None, None, :]
+        s_mask = ((n_start + 16 * g) < N) & ((k0 // 32 + block) < scale_cols)
+    else:
+        n_mask = (n_start + tl.arange(0, BLOCK_N)) < N
+        w_mask = n_mask[:, None] & ((k0 + tl.arange(0, BLOCK_K)) < k_end)[None, :]
+        s_mask = n_mask[:, None] & ((k0 // 32 + tl.arange(0, BLOCK_K // 32)) < scale_cols)[None, :]
+    return w_mask, s_mask
+
+
+@triton.jit
+def _mx_tile_product(acc, a, w_ptrs, ws, w_mask, SCALE_BIAS: tl.constexpr, EPB: tl.constexpr,
                      ASM: tl.constexpr, SWAP: tl.constexpr, INTERPRET: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + the activations times one MX weight tile whose scale bytes are ``ws`` (a_lo:
-    the tile's K columns, or for MXFP4 the low-nibble columns with a_hi the high-nibble
-    ones)."""
+    """acc + the activations [BM, BK] times one MX weight tile whose scale bytes are
+    ``ws``."""
     wq = tl.load(w_ptrs, mask=w_mask, other=0)
     if EPB == 2:
-        w_lo, w_hi = _decode_fp4(wq, ws, SCALE_BIAS, BLOCK_N, BLOCK_K, a_lo.dtype, ASM,
-                                 PAIRS)
-        acc = _mma(w_lo, a_lo, acc, SWAP, INTERPRET)
-        acc = _mma(w_hi, a_hi, acc, SWAP, INTERPRET)
+        w = _fragment_tile(wq, ws, SCALE_BIAS, a.dtype, ASM, BLOCK_N, BLOCK_K)
     else:
-        acc = _mma(_decode_fp8(wq, ws, BLOCK_N, BLOCK_K, a_lo.dtype), a_lo, acc, SWAP, INTERPRET)
-    return acc
+        w = _decode_fp8(wq, ws, BLOCK_N, BLOCK_K, a.dtype)
+    return _mma(w, a, acc, SWAP, INTERPRET)
 
 
 @triton.jit
@@ -436,10 +467,10 @@ def moe_gemm_kernel(
     out_ptr, stride_out, stride_split,
     sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
     N, K, num_experts, up_offset, acc_scale, alpha, beta, limit,
-    TOP_K: tl.constexpr, GATED: tl.constexpr, ROW_STEP: tl.constexpr,
+    TOP_K: tl.constexpr, GATED: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
-    EPB: tl.constexpr, ASM: tl.constexpr, PAIRS: tl.constexpr, SWAP: tl.constexpr,
+    EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     SLOT_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
@@ -448,13 +479,14 @@ def moe_gemm_kernel(
     SPLIT_K slices of K) tile.
 
     GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
-    tokens; gate rows ``n * ROW_STEP`` and up rows ``n * ROW_STEP + up_offset`` of
-    ``w13``. GEMM2: A rows are the block's activation rows. Both write the rows of
+    tokens; gate rows ``n`` and up rows ``n + up_offset`` of ``w13`` (halves, see
+    layout.py). GEMM2: A rows are the block's activation rows. Both write the rows of
     their slots: GEMM1 the activation (with SPLIT_K > 1: float32 partial gate and up
     sums [split, slot, 2N] for :func:`activation_kernel`), GEMM2 bias + router-weighted
     results (with SPLIT_K > 1: float32 partials [split, slot, N], bias in split 0).
-    ``EPB`` is 2 for MXFP4 (K must be a multiple of 64) and 1 for MXFP8. The products
-    are multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
+    ``EPB`` is 2 for MXFP4 (fragment words, ``w_ptr`` as 32-bit words, ``stride_wn`` in
+    words; N and K multiples of 16 and 64) and 1 for MXFP8 (bytes). The products are
+    multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
     compile-time constant: a run-time bias makes Triton route the scales through shared
     memory; real layers all share the value 126, so it compiles once). With
     ``SLOT_BLOCKS`` (a single token, no expert map) there is no align step: block ``b``
@@ -489,28 +521,23 @@ def moe_gemm_kernel(
         a_rows = slots.to(tl.int64)
     route_w = tl.load(route_w_ptr + slots, mask=m_mask, other=0.0)
 
-    offs_n = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_start = (tile % n_tiles) * BLOCK_N
+    offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    W_BYTES: tl.constexpr = BLOCK_K // EPB
-    offs_wb = tl.arange(0, W_BYTES)
-    offs_ws = tl.arange(0, BLOCK_K // 32)
-    if EPB == 2:
-        # low nibbles of byte j hold element 64 * (j // 32) + j % 32; high nibbles the
-        # element 32 after it
-        a_cols = (offs_wb // 32) * 64 + offs_wb % 32
-    else:
-        a_cols = offs_wb
+    offs_k = tl.arange(0, BLOCK_K)
     # this program's slice of K, whole BLOCK_K steps
     k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
+    # a K step advances a tile by BLOCK_K columns: BLOCK_K // EPB bytes, or for MXFP4's
+    # fragment words 2 * BLOCK_K words (a 16-row group's 64 columns are 128 words)
+    W_STEP: tl.constexpr = 2 * BLOCK_K if EPB == 2 else BLOCK_K
 
-    gate_rows = (offs_n * ROW_STEP).to(tl.int64)
-    w_base = w_ptr + expert * stride_we + k_start // EPB
+    w_base = w_ptr + expert * stride_we + (k_start // BLOCK_K) * W_STEP
     s_base = s_ptr + expert * stride_se + k_start // 32
-    a_ptrs = a_ptr + a_rows[:, None] * stride_a + (k_start + a_cols)[None, :]
-    wg_ptrs = w_base + gate_rows[:, None] * stride_wn + offs_wb[None, :]
-    sg_ptrs = s_base + gate_rows[:, None] * stride_sn + offs_ws[None, :]
+    a_ptrs = a_ptr + a_rows[:, None] * stride_a + (k_start + offs_k)[None, :]
+    wg_ptrs, sg_ptrs = _weight_tile_ptrs(w_base, s_base, n_start, stride_wn, stride_sn, EPB,
+                                         BLOCK_N, BLOCK_K)
     wu_ptrs = wg_ptrs + up_offset * stride_wn
     su_ptrs = sg_ptrs + up_offset * stride_sn
 
@@ -522,12 +549,8 @@ def moe_gemm_kernel(
     # The scale tiles are loaded one K step ahead into registers: Triton's pipeliner
     # stages the weight and activation tiles through shared memory but leaves these
     # small loads in the loop, where each step would wait a full global-memory latency.
-    # They are bounded by the stored row width ``scale_cols`` (a multiple of 16, see
-    # layout.py), not by this program's K slice: the mask is then constant over each
-    # vector of bytes, so a row's scales are one wide load instead of one load per byte;
-    # the scales read past the slice (the next slice's, or padding) only ever multiply
-    # weights and activations that are masked to zero.
-    s_mask = n_mask[:, None] & ((k_start // 32 + offs_ws) < scale_cols)[None, :]
+    w_mask, s_mask = _weight_tile_masks(n_start, N, k_start, k_end, scale_cols, EPB, BLOCK_N,
+                                        BLOCK_K)
     ws_g = tl.load(sg_ptrs, mask=s_mask, other=0)
     ws_u = ws_g
     if GATED:
@@ -537,33 +560,32 @@ def moe_gemm_kernel(
     # moves, and ptxas then serializes every wgmma of the loop (C7515).
     for step in range(0, tl.maximum(tl.cdiv(k_end - k_start, BLOCK_K), 1)):
         k0 = k_start + step * BLOCK_K
-        a_mask = m_mask[:, None] & ((k0 + a_cols) < k_end)[None, :]
-        a_lo = tl.load(a_ptrs, mask=a_mask, other=0.0)
-        if EPB == 2:
-            a_hi = tl.load(a_ptrs + 32, mask=a_mask, other=0.0)
-        else:
-            a_hi = a_lo
+        # masked by whole MX blocks (K is a multiple of 32), so the pipeliner sees
+        # 32-element runs and copies the tile in 16-byte pieces
+        a_mask = m_mask[:, None] & (((k0 + offs_k) // 32) * 32 < k_end)[None, :]
+        a = tl.load(a_ptrs, mask=a_mask, other=0.0)
         if WEIGHT_ON_INPUT:
-            a_lo = _round(a_lo.to(tl.float32) * route_w[:, None], a_lo.dtype, INTERPRET)
-            a_hi = _round(a_hi.to(tl.float32) * route_w[:, None], a_hi.dtype, INTERPRET)
-        w_mask = n_mask[:, None] & ((k0 // EPB + offs_wb) < k_end // EPB)[None, :]
+            a = _round(a.to(tl.float32) * route_w[:, None], a.dtype, INTERPRET)
+        w_mask, s_mask = _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB, BLOCK_N,
+                                            BLOCK_K)
+        _, s_mask_next = _weight_tile_masks(n_start, N, k0 + BLOCK_K, k_end, scale_cols, EPB,
+                                            BLOCK_N, BLOCK_K)
         sg_ptrs += BLOCK_K // 32
         su_ptrs += BLOCK_K // 32
-        s_mask = n_mask[:, None] & ((k0 // 32 + BLOCK_K // 32 + offs_ws) < scale_cols)[None, :]
-        ws_g_next = tl.load(sg_ptrs, mask=s_mask, other=0)
+        ws_g_next = tl.load(sg_ptrs, mask=s_mask_next, other=0)
         ws_u_next = ws_g_next
         if GATED:
-            ws_u_next = tl.load(su_ptrs, mask=s_mask, other=0)
-        acc_g = _mx_tile_product(acc_g, a_lo, a_hi, wg_ptrs, ws_g, w_mask, SCALE_BIAS,
-                                 EPB, PAIRS, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+            ws_u_next = tl.load(su_ptrs, mask=s_mask_next, other=0)
+        acc_g = _mx_tile_product(acc_g, a, wg_ptrs, ws_g, w_mask, SCALE_BIAS, EPB, ASM, SWAP,
+                                 INTERPRET, BLOCK_N, BLOCK_K)
         if GATED:
-            acc_u = _mx_tile_product(acc_u, a_lo, a_hi, wu_ptrs, ws_u, w_mask,
-                                     SCALE_BIAS, EPB, PAIRS, ASM, SWAP, INTERPRET, BLOCK_N, BLOCK_K)
+            acc_u = _mx_tile_product(acc_u, a, wu_ptrs, ws_u, w_mask, SCALE_BIAS, EPB, ASM,
+                                     SWAP, INTERPRET, BLOCK_N, BLOCK_K)
         ws_g = ws_g_next
         ws_u = ws_u_next
         a_ptrs += BLOCK_K
-        wg_ptrs += W_BYTES
-        wu_ptrs += W_BYTES
+        wg_ptrs += W_STEP
+        wu_ptrs += W_STEP
 
     _release_dependents(PDL)
     acc_g = acc_g * acc_scale
@@ -577,7 +599,7 @@ def moe_gemm_kernel(
         tl.store(out_ptrs + N, acc_u, mask=out_mask)
     else:
         if HAS_BIAS and split == 0:
-            b_ptrs = bias_ptr + expert * stride_be + gate_rows
+            b_ptrs = bias_ptr + expert * stride_be + offs_n
             acc_g += _along_n(tl.load(b_ptrs, mask=n_mask, other=0.0), SWAP)
             if GATED:
                 acc_u += _along_n(tl.load(b_ptrs + up_offset, mask=n_mask, other=0.0), SWAP)
@@ -594,7 +616,7 @@ def moe_gemm_kernel(
 def activation_kernel(
     partial_ptr, ids_ptr, map_ptr, bias_ptr, stride_be, act_ptr,
     num_slots, num_experts, N, up_offset, alpha, beta, limit,
-    SPLIT_K: tl.constexpr, ROW_STEP: tl.constexpr, ACTIVATION: tl.constexpr,
+    SPLIT_K: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr,
     INTERPRET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -615,7 +637,7 @@ def activation_kernel(
         gate += tl.load(row, mask=mask, other=0.0)
         up += tl.load(row + N, mask=mask, other=0.0)
     if HAS_BIAS:
-        b_ptrs = bias_ptr + local.to(tl.int64) * stride_be + cols * ROW_STEP
+        b_ptrs = bias_ptr + local.to(tl.int64) * stride_be + cols
         gate += tl.load(b_ptrs, mask=mask, other=0.0)
         up += tl.load(b_ptrs + up_offset, mask=mask, other=0.0)
     result = _activate(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)

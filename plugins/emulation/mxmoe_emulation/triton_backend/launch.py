@@ -90,10 +90,6 @@ def route_topk(router_logits: torch.Tensor, method: str,
     return weights, ids
 
 
-def _hopper(device: torch.device) -> bool:
-    return device.type == "cuda" and _capability(device.index)[0] == 9
-
-
 @functools.lru_cache(maxsize=None)
 def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
@@ -168,8 +164,9 @@ class _Launcher:
             wq, scale, bias, block_n = w.w2, w.w2_scale, w.w2_bias, tiles.block_n2
             n, k, scale_bias = w.hidden_size, w.intermediate_size, w.w2_scale_bias
         scale_bias, acc_scale = self._scale_bias(scale_bias)
-        interleaved = gated and math.interleaved
         fp4 = math.weight_format == "mxfp4"
+        if fp4:  # fragment words: the kernel addresses 32-bit words (layout.py)
+            wq = wq.view(torch.int32)
         row_stride = out.stride(-2)
         grid = (block_expert.numel() * triton.cdiv(n, block_n) * split,)
         moe_gemm_kernel[grid](
@@ -179,15 +176,13 @@ class _Launcher:
             wq if bias is None else bias, 0 if bias is None else bias.stride(0),
             out, row_stride, out.stride(0) if split > 1 else 0,
             sorted_slots, block_expert, block_rows, self.route_w,
-            n, k, self.num_experts, (1 if interleaved else n) if gated else 0, acc_scale,
+            n, k, self.num_experts, n if gated else 0, acc_scale,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
-            TOP_K=self.top_k, GATED=gated, ROW_STEP=2 if interleaved else 1,
+            TOP_K=self.top_k, GATED=gated,
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
             HAS_BIAS=bias is not None, WEIGHT_ON_INPUT=gated and math.weight_on_input,
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
-            EPB=2 if fp4 else 1, ASM=self.asm,
-            PAIRS=self.asm and tiles.pair_decode and _hopper(a.device),
-            SWAP=tiles.swap, INTERPRET=self.interpret,
+            EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, SLOT_BLOCKS=self.slot_blocks,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
@@ -202,9 +197,9 @@ class _Launcher:
         activation_kernel[(slots, triton.cdiv(n, _REDUCE_BLOCK))](
             partials, self.ids, _map_argument(self.ids, self.expert_map),
             partials if bias is None else bias, 0 if bias is None else bias.stride(0), act,
-            slots, self.num_experts, n, 1 if math.interleaved else n,
+            slots, self.num_experts, n, n,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
-            SPLIT_K=split, ROW_STEP=2 if math.interleaved else 1, ACTIVATION=math.activation,
+            SPLIT_K=split, ACTIVATION=math.activation,
             HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
             HAS_MAP=self.expert_map is not None, INTERPRET=self.interpret, BLOCK=_REDUCE_BLOCK,
             PDL=self.pdl, num_warps=4, launch_pdl=self.pdl,

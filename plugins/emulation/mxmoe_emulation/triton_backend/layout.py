@@ -1,25 +1,29 @@
 """The ``triton`` backend's weight layout and its conversion from the checkpoint layout.
 
-The kernels read each weight tile as rows of an output dimension N with the
-reduction dimension K contiguous, as the checkpoint stores them (``w13`` [E, 2I, ...],
-``w2`` [E, H, ...]). The MX bytes stay packed (two E2M1 codes a byte, or one E4M3
+The kernels read each weight tile as rows of an output dimension N by steps of the
+reduction dimension K. The MX bytes stay packed (two E2M1 codes a byte, or one E4M3
 byte), never widened to BF16. What conversion changes:
 
-* MXFP4 bytes are regrouped ("split nibbles"): in each run of 32 bytes (64 elements
-  of K, two MX blocks) byte j holds element j in its low nibble and element 32 + j in
-  its high nibble, instead of elements 2j and 2j + 1. A tile's low nibbles are then
-  whole MX blocks and its high nibbles the blocks after them, so the kernels decode
-  each nibble set straight into a weight tile and multiply it with the matching
-  columns of the activations; nothing is interleaved in registers. This needs K to
-  be a multiple of 64 (the probe asks the layer to pad H and I to 64).
-* MXFP8 values are viewed as ``uint8`` (same bytes);
+* w13's gate and up rows become halves (all gate rows, then all up rows; gpt-oss
+  interleaves them), in the weights, their scales and their biases, so a GEMM1 tile's
+  gate rows and up rows are two runs of whole 16-row groups.
+* MXFP4 codes are regrouped into *fragment words* (:func:`fragment_words`): one 32-bit
+  word holds the eight codes that one thread of a warp needs for one 16 x 16 piece of
+  a tensor-core operand: rows r and r + 8 of a 16-row group, columns 2c, 2c + 1,
+  2c + 8 and 2c + 9 of a 16-column step of K (lane 4r + c, the register order of the
+  A operand of ``mma``/``wgmma``). Within a word each code's four bits sit where a
+  shift or rotate and one mask put them straight into the bit positions of a bf16
+  (:data:`FRAGMENT_BITS`), so decoding two weights costs two or three integer
+  instructions and one packed multiply, and a thread loads its words for 64 columns
+  of K as one 16-byte vector. The words of a 16-row group and 64 columns (4 steps of
+  16) are 128 consecutive words, ordered (r, c, step); groups of 64 columns follow
+  each other along K, and 16-row groups along N. The tensor keeps the checkpoint's
+  uint8 shape [E, N, K/2] (same bytes, permuted); it needs N and K to be multiples of
+  16 and 64 (the probe asks the layer to pad H and I to 64).
+* MXFP8 values are viewed as ``uint8`` (same bytes, K contiguous);
 * scale rows are padded with zeros to a multiple of 16 bytes (``[E, N, K/32]`` ->
   ``[E, N, ceil16(K/32)]``), so a tile's scales are aligned vector loads;
 * biases become float32 (an exact widening), added in the GEMM epilogues.
-
-Gate/up rows stay where the checkpoint has them (interleaved for SWIGLUOAI, halves
-otherwise); the GEMM1 kernel reads the gate rows and the up rows of an output tile as
-two strided row sets, so no permutation is needed.
 
 The scales are checked once here: a scale byte of 0xFF (NaN), or one whose weights
 the compute type cannot hold (the decode forms ``2**(s - 127)``; for fp16
@@ -32,9 +36,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from mxmoe import Activation, ExpertWeights, MoEConfig, WeightFormat
+from mxmoe import ExpertWeights, MoEConfig, WeightFormat
 
-__all__ = ["LayerMath", "TritonWeights", "convert", "max_scale_byte", "scale_bias", "split_nibbles"]
+__all__ = ["FRAGMENT_BITS", "LayerMath", "TritonWeights", "convert", "fragment_words",
+           "max_scale_byte", "scale_bias"]
 
 @dataclasses.dataclass(frozen=True)
 class LayerMath:
@@ -54,18 +59,14 @@ class LayerMath:
         return cls(config.weight_format.value, config.activation.value, config.swiglu_alpha,
                    beta, config.swiglu_limit, config.apply_router_weight_on_input)
 
-    @property
-    def interleaved(self) -> bool:
-        return self.activation == Activation.SWIGLUOAI.value
-
 
 @dataclasses.dataclass
 class TritonWeights:
     """What ``convert_weights`` returns and ``apply`` reads (see the module docstring)."""
 
-    w13: torch.Tensor  # uint8 [E, 2I, H/2] split nibbles (MXFP4) or [E, 2I, H] (MXFP8)
+    w13: torch.Tensor  # uint8 [E, 2I, H/2] fragment words (MXFP4) or [E, 2I, H] (MXFP8), halves
     w13_scale: torch.Tensor  # uint8 [E, 2I, ceil16(H/32)]
-    w2: torch.Tensor  # uint8 [E, H, I/2] split nibbles or [E, H, I]
+    w2: torch.Tensor  # uint8 [E, H, I/2] fragment words or [E, H, I]
     w2_scale: torch.Tensor  # uint8 [E, H, ceil16(I/32)]
     w13_bias: torch.Tensor | None  # float32 [E, 2I]
     w2_bias: torch.Tensor | None  # float32 [E, H]
@@ -120,16 +121,56 @@ def _check_scales(name: str, scales: torch.Tensor, limit: int, config: MoEConfig
     return top
 
 
-def split_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """Checkpoint-packed E2M1 bytes [..., K/2] (element 2j low) -> split-nibble bytes
-    (see the module docstring); K must be a multiple of 64. One expert at a time, so
-    the unpacked codes never take more than one expert's worth of memory."""
+#: Where a fragment word keeps each code's bits: FRAGMENT_BITS[i][e][j] is the word bit
+#: holding bit j (0: mantissa, 1-2: exponent, 3: sign) of element e of the word's output
+#: i. The decode (kernels.py) builds output i, a pair of bf16 bit patterns of value *
+#: 2**-126 with magnitude bits at 6-8 (+16 e) and the sign at 15 (+16 e), as
+#: ``w & MASK``, ``rotl(w, 10) & MASK``, ``rotl(w, 13) & MASK`` and
+#: ``((w & 0x001B001B) * 0x1084) & MASK`` with ``MASK = 0x81C081C0`` (the last: three
+#: shifted copies of eight bits that never overlap, so the product has no carries).
+#: Outputs 0-3 are rows (r, r + 8, r, r + 8) and columns (2c, 2c, 2c + 8, 2c + 8) of
+#: the 16 x 16 piece, element e the column after.
+_BF16_BITS = (6, 7, 8, 15)
+FRAGMENT_BITS: tuple[tuple[tuple[int, ...], ...], ...] = (
+    tuple(tuple(b + 16 * e for b in _BF16_BITS) for e in range(2)),
+    tuple(tuple((b + 16 * e - 10) % 32 for b in _BF16_BITS) for e in range(2)),
+    tuple(tuple((b + 16 * e - 13) % 32 for b in _BF16_BITS) for e in range(2)),
+    ((4, 0, 1, 3), (20, 16, 17, 19)),  # the multiply: bits 0, 1, 16, 17 move by 7, 4 and 20 by 2, 3 and 19 by 12
+)
+
+
+def fragment_words(packed: torch.Tensor) -> torch.Tensor:
+    """Checkpoint-packed E2M1 bytes [E, N, K/2] (element 2j in the low nibble) -> the
+    fragment-word layout of the module docstring, as uint8 of the same shape. N must
+    be a multiple of 16 and K of 64. One expert at a time, so the unpacked codes never
+    take more than one expert's worth of memory."""
+    experts, n, half_k = packed.shape
+    if n % 16 or half_k % 32:
+        raise ValueError(f"packed: expected N a multiple of 16 and K of 64, got N={n}, "
+                         f"K={2 * half_k}")
     out = torch.empty_like(packed)
-    for e in range(packed.shape[0]):
-        codes = torch.stack((packed[e] & 0xF, packed[e] >> 4), dim=-1).flatten(-2)
-        groups = codes.unflatten(-1, (-1, 2, 32))  # [..., K/64, (low, high), 32]
-        out[e] = (groups[..., 0, :] | (groups[..., 1, :] << 4)).flatten(-2)
+    words = out.view(experts, -1).view(torch.int32)
+    for x in range(experts):
+        codes = torch.stack((packed[x] & 0xF, packed[x] >> 4), dim=-1).to(torch.int32)
+        # element (n, k) with n = 16 g + 8 rr + r and k = 64 q + 16 s + 8 kk + 2 c + e
+        codes = codes.reshape(n // 16, 2, 8, half_k // 32, 4, 2, 4, 2)  # g rr r q s kk c e
+        codes = codes.permute(0, 3, 2, 6, 4, 1, 5, 7)  # g q r c s | rr kk e
+        word = torch.zeros(codes.shape[:5], dtype=torch.int32, device=packed.device)
+        for rr in range(2):
+            for kk in range(2):
+                for e in range(2):
+                    code = codes[..., rr, kk, e]
+                    for j, bit in enumerate(FRAGMENT_BITS[rr + 2 * kk][e]):
+                        word |= ((code >> j) & 1) << bit
+        words[x] = word.flatten()
     return out
+
+
+def _gate_up_halves(t: torch.Tensor | None, interleaved: bool) -> torch.Tensor | None:
+    """w13 rows (or bias columns) in halves: gate rows, then up rows."""
+    if t is None or not interleaved:
+        return t
+    return torch.cat((t[:, 0::2], t[:, 1::2]), dim=1)
 
 
 def _padded_scales(scales: torch.Tensor) -> torch.Tensor:
@@ -140,7 +181,7 @@ def _padded_scales(scales: torch.Tensor) -> torch.Tensor:
 
 def _weight_bytes(t: torch.Tensor, config: MoEConfig) -> torch.Tensor:
     if config.weight_format is WeightFormat.MXFP4:
-        return split_nibbles(t.contiguous())
+        return fragment_words(t.contiguous())
     return t.view(torch.uint8).contiguous()
 
 
@@ -157,12 +198,13 @@ def convert(config: MoEConfig, weights: ExpertWeights) -> TritonWeights:
         if config.weight_format is WeightFormat.MXFP4 and k % 64:
             raise ValueError(f"{name}: the triton backend's MXFP4 layout needs K to be a "
                              f"multiple of 64, got {k} (its verdict asks the layer to pad)")
+    interleaved = config.activation.interleaved
     return TritonWeights(
-        w13=_weight_bytes(weights.w13, config),
-        w13_scale=_padded_scales(weights.w13_scale),
+        w13=_weight_bytes(_gate_up_halves(weights.w13, interleaved), config),
+        w13_scale=_padded_scales(_gate_up_halves(weights.w13_scale, interleaved)),
         w2=_weight_bytes(weights.w2, config),
         w2_scale=_padded_scales(weights.w2_scale),
-        w13_bias=_as_float32(weights.w13_bias),
+        w13_bias=_as_float32(_gate_up_halves(weights.w13_bias, interleaved)),
         w2_bias=_as_float32(weights.w2_bias),
         math=LayerMath.from_config(config),
         w13_scale_bias=scale_bias(top13),
