@@ -291,8 +291,8 @@ def _pattern_values(p, scale):
 @triton.jit
 def _fragment_tile(words, ws, SCALE_BIAS: tl.constexpr, DTYPE: tl.constexpr,
                    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Fragment words [BN/16, 8, BK/16, 4] (uint32: 16-row group, row r, 16-column step,
-    lane column c) and their scale bytes [BN/16, 8, 2, BK/32] (group, row r, rows r and
+    """Fragment words [BN/16, BK/64, 128] (uint32: 16-row group, 64-column run, then row r,
+    lane column c and 16-column step in the run) and their scale bytes [BN/16, 8, 2, BK/32] (group, row r, rows r and
     r + 8, MX block) -> the weight tile [BN, BK] in DTYPE (for the bf16 PTX decode:
     times 2**(SCALE_BIAS - 126)). Every reshape here keeps each word's eight weights in
     the registers of the thread that decoded them (the operand layout of mma/wgmma);
@@ -300,6 +300,7 @@ def _fragment_tile(words, ws, SCALE_BIAS: tl.constexpr, DTYPE: tl.constexpr,
     N16: tl.constexpr = BLOCK_N // 16
     KB: tl.constexpr = BLOCK_K // 16
     NB: tl.constexpr = BLOCK_K // 32
+    words = tl.permute(words.reshape(N16, BLOCK_K // 64, 8, 4, 4), (0, 2, 1, 4, 3)).reshape(N16, 8, KB, 4)
     if ASM and DTYPE == tl.bfloat16:
         scale = (ws.to(tl.uint32) + SCALE_BIAS) * 0x00800080  # the bf16 pair, exponent field
     elif ASM:
@@ -360,15 +361,17 @@ def _mma(w, a, acc, SWAP: tl.constexpr, INTERPRET: tl.constexpr):
 def _weight_tile_ptrs(w_base, s_base, n_start, stride_wn, stride_sn, EPB: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Pointers to the first K step of the weight tile of rows n_start.. and to its scale
-    bytes: MXFP4 fragment words [BN/16, 8, BK/16, 4] and scales [BN/16, 8, 2, BK/32] (see
+    bytes: MXFP4 fragment words [BN/16, BK/64, 128] and scales [BN/16, 8, 2, BK/32] (see
     _fragment_tile; ``stride_wn`` in words), MXFP8 bytes [BN, BK] and scales [BN, BK/32]."""
     if EPB == 2:
+        # [group, 64-column run, 128 words (r, c, step in the run)]: a run's words as one
+        # contiguous dimension, so Triton copies them as coalesced 16-byte vectors
+        g = tl.arange(0, BLOCK_N // 16)[:, None, None]
+        run = tl.arange(0, BLOCK_K // 64)[None, :, None]
+        rows = (n_start + 16 * g).to(tl.int64)  # 16 rows of a group share its words
+        w_ptrs = w_base + rows * stride_wn + run * 128 + tl.arange(0, 128)[None, None, :]
         g = tl.arange(0, BLOCK_N // 16)[:, None, None, None]
         r = tl.arange(0, 8)[None, :, None, None]
-        step = tl.arange(0, BLOCK_K // 16)[None, None, :, None]
-        c = tl.arange(0, 4)[None, None, None, :]
-        rows = (n_start + 16 * g).to(tl.int64)  # 16 rows of a group share its words
-        w_ptrs = w_base + rows * stride_wn + (step // 4) * 128 + r * 16 + c * 4 + step % 4
         half = tl.arange(0, 2)[None, None, :, None]
         block = tl.arange(0, BLOCK_K // 32)[None, None, None, :]
         s_rows = (n_start + 16 * g + 8 * half + r).to(tl.int64)
@@ -392,9 +395,10 @@ def _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB: tl.constexpr,
     the slice (the next slice's, or padding) only ever multiply weights and
     activations that are masked to zero."""
     if EPB == 2:
+        g = tl.arange(0, BLOCK_N // 16)[:, None, None]
+        run = tl.arange(0, BLOCK_K // 64)[None, :, None]
+        w_mask = ((n_start + 16 * g) < N) & ((k0 + run * 64) < k_end)
         g = tl.arange(0, BLOCK_N // 16)[:, None, None, None]
-        step = tl.arange(0, BLOCK_K // 16)[None, None, :, None]
-        w_mask = ((n_start + 16 * g) < N) & ((k0 + (step // 4) * 64) < k_end)
         block = tl.arange(0, BLOCK_K // 32)[None, None, None, :]
         s_mask = ((n_start + 16 * g) < N) & ((k0 // 32 + block) < scale_cols)
     else:
