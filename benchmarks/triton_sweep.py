@@ -75,7 +75,6 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-64x128-w4-s2": Tiles(16, 64, 64, 128, 4, 2),
     "s16-128x128-w8-s3": Tiles(16, 128, 128, 128, 8, 3),
     "b128-128x128-w8-s2": Tiles(128, 128, 128, 128, 8, 2),
-    "b64-128x64-w8-s3": Tiles(64, 128, 128, 64, 8, 3),
     "s16-64x64-w4-s3": Tiles(16, 64, 64, 64, 4, 3),
     "b128-64x64-w4-s3": Tiles(128, 64, 64, 64, 4, 3),
     "b128-64x128-w4-s4": Tiles(128, 64, 64, 128, 4, 4),
@@ -89,6 +88,10 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-32x128-w2-s3-k3": Tiles(16, 32, 32, 128, 2, 3, split_k=3),
     "s16-16x128-w1-s3-k2": Tiles(16, 16, 16, 128, 1, 3, split_k=2),
     "s16-32x64-w2-s4-k3": Tiles(16, 32, 32, 64, 2, 4, split_k=3),
+    # v15: wider and deeper 8-warp prefill tiles with the fragment decode
+    "b64-128x64-w8-s4": Tiles(64, 128, 128, 64, 8, 4),
+    "b128-128x64-w8-s3": Tiles(128, 128, 128, 64, 8, 3),
+    "b64-128x128-w8-s3": Tiles(64, 128, 128, 128, 8, 3),
     # v13i: after the C7515 fix, deeper pipelines on the decode tile
     "s16-64x128-w4-s4": Tiles(16, 64, 64, 128, 4, 4),
     "s16-64x128-w4-s5": Tiles(16, 64, 64, 128, 4, 5),

@@ -64,31 +64,32 @@ class Tiles:
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
 
-# (largest M, largest mean rows per expert or None for any, tiles), in increasing M;
-# the first entry whose two bounds hold is taken, the last (None, None) covers the rest.
+# (largest M or None for any, largest mean rows per expert or None for any, tiles), in
+# increasing size; the first entry whose two bounds hold is taken, the last covers the
+# rest. Measured with the fragment-word decode (v15, benchmarks/triton_notes.md; sweeps
+# 34-37, gpt-oss-120b, CUDA-graph ms):
 _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
-    # Decode sizes take 64-row N tiles on wgmma with K split so
-    # that enough programs are in flight (after the C7515 fix, v13g; sweeps 27-29, graph
-    # ms against the previous table): one token in two slices (gpt-oss-120b 0.0407 vs
-    # 0.0445 for two-warp mma.sync tiles), up to 8 rows per expert in three (M = 4 0.115
-    # vs 0.128, 8 0.199 vs 0.217, 64 0.689 vs 0.742, 256 0.846 vs 0.865; gpt-oss-20b
-    # M = 8 0.148 vs 0.165). Four slices and a register limit were slower.
+    # Decode sizes: 64 weight rows (one wgmma per warpgroup) by 16 tokens. One token in
+    # two K slices, for enough programs in flight (0.044-0.045 vs 0.047-0.049 for three,
+    # 0.048-0.052 for one); two tokens unsplit (0.058-0.059 vs 0.063-0.067); up to half a
+    # row per expert two slices (M = 4 0.101 vs 0.108 unsplit, 8 0.167 vs 0.170, 16
+    # 0.269 vs 0.274; three slices 0.100, 0.173, 0.279); then unsplit (M = 32 0.428 vs
+    # 0.435 for two slices, 64 0.563 vs 0.582, 256 0.657 vs 0.706).
     (1, None, Tiles(16, 64, 64, 128, 4, 3, split_k=2)),
-    (256, 8.0, Tiles(16, 64, 64, 128, 4, 3, split_k=3)),
-    # 8-32 rows per expert (gpt-oss-120b at M = 257..1024, gpt-oss-20b at 65..256):
-    # 32-row blocks halve the padded MMA work of 64-row ones and still decode each
-    # weight about once (gpt-oss-120b M = 512 1.13 vs 1.51 ms; after v13g, M = 1024 1.23
-    # vs 1.25-1.27, gpt-oss-20b M = 128 0.24 vs 0.27 and M = 256 0.33 vs 0.43 for the
-    # 16-row tile). With more rows per expert (gpt-oss-20b: 64 at M = 512) they would
-    # decode each weight 2.5 times instead of 1.5, so 64-row blocks stay.
-    (1024, 32.0, Tiles(32, 64, 64, 128, 4, 3)),
-    (1024, None, Tiles(64, 128, 128, 64, 8, 3)),
-    # up to 64 rows per expert the 64-row blocks also beat 128-row ones (gpt-oss-120b
-    # M = 2048: 1.91 vs 2.24 ms)
-    (2048, 64.0, Tiles(64, 128, 128, 64, 8, 3)),
-    # 128-row blocks, three stages: M = 4096 3.17 vs 3.30 ms for a two-stage tile;
-    # M = 16384 (after v13g) 8.75 vs 9.61-9.85 ms eager
-    (None, None, Tiles(128, 64, 64, 128, 4, 3)),
+    (2, None, Tiles(16, 64, 64, 128, 4, 3)),
+    (256, 0.5, Tiles(16, 64, 64, 128, 4, 3, split_k=2)),
+    (256, 8.0, Tiles(16, 64, 64, 128, 4, 3)),
+    # 8-16 rows per expert: 32-token blocks halve the padded MMA work of 64-token ones
+    # and still decode each weight about once (M = 512 0.72 vs 0.94 ms for the 64-token
+    # eight-warp tile, 0.79 for the 16-token one).
+    (1024, 16.0, Tiles(32, 64, 64, 128, 4, 3)),
+    # up to 128 rows per expert: 64 tokens by 128 weight rows, eight warps (M = 1024 0.98
+    # vs 1.02 for 32-token blocks, 2048 1.41 vs 1.61 for four warps, 4096 2.42 vs 2.54
+    # for 128-token blocks and 2.67 for the previous table's 128 x 64 four-warp tile)
+    (None, 128.0, Tiles(64, 128, 128, 64, 8, 3)),
+    # more rows per expert: 128-token blocks (M = 16384 7.80 vs 8.50 for 64-token ones
+    # and 8.33 for the previous table's tile)
+    (None, None, Tiles(128, 128, 128, 64, 8, 3)),
 )
 
 #: Tiles for TRITON_INTERPRET=1, where every program and every nested jit call is
@@ -102,6 +103,7 @@ def tiles_for(num_tokens: int, rows_per_expert: float, *, interpret: bool = Fals
     if interpret:
         return INTERPRETER_TILES
     for largest, most_rows, tiles in _GPU_TABLE[:-1]:
-        if num_tokens <= largest and (most_rows is None or rows_per_expert <= most_rows):
+        if ((largest is None or num_tokens <= largest)
+                and (most_rows is None or rows_per_expert <= most_rows)):
             return tiles
     return _GPU_TABLE[-1][2]
