@@ -17,26 +17,27 @@ graph:
 4. each token's top-k slot rows summed in a fixed order (deterministic).
 
 Weight layout (what ``convert_weights`` returns, :class:`.layout.TritonWeights`): the
-checkpoint's bytes, still packed, with the reduction dimension contiguous as the
-checkpoint stores it, because the kernels load weight tiles as output rows:
+checkpoint's bytes, still packed, regrouped for the kernels (see :mod:`.layout`):
 
 =============  ===========================================  ======================
 tensor         MXFP4                                        MXFP8
 =============  ===========================================  ======================
-``w13``        uint8 [E, 2I, H/2], two E2M1 codes per byte  uint8 [E, 2I, H] (E4M3
-               in split-nibble order (byte j of each 32:    bytes viewed as uint8)
-               elements j and 32 + j)
+``w13``        uint8 [E, 2I, H/2], E2M1 codes as fragment   uint8 [E, 2I, H] (E4M3
+               words: each 32-bit word the eight codes one  bytes viewed as uint8)
+               thread holds of a 16 x 16 tensor-core
+               operand piece, bit-placed for a cheap decode
 ``w13_scale``  uint8 E8M0 [E, 2I, ceil16(H/32)] (rows       same
                padded with zeros to 16 bytes)
-``w2``         uint8 [E, H, I/2], split nibbles             uint8 [E, H, I]
+``w2``         uint8 [E, H, I/2], fragment words            uint8 [E, H, I]
 ``w2_scale``   uint8 E8M0 [E, H, ceil16(I/32)]              same
 biases         float32 [E, 2I] and [E, H]                   same
 =============  ===========================================  ======================
 
-w13's gate/up rows stay as the checkpoint orders them (interleaved for swigluoai,
-halves otherwise): GEMM1 reads a tile's gate rows and up rows as two strided row
-sets. H and I are padded to 64 for MXFP4 (split nibbles pair MX blocks) and to the
-MX block (32) for MXFP8; partial tiles are masked.
+w13's gate/up rows (interleaved in gpt-oss's checkpoints) become halves, all gate rows
+then all up rows, in the weights, scales and biases: GEMM1 reads a tile's gate rows and
+up rows as two runs of whole 16-row groups. H and I are padded to 64 for MXFP4 (a
+fragment word's 64-column runs) and to the MX block (32) for MXFP8; partial tiles are
+masked.
 
 Supported: MXFP4 and MXFP8 weights, bf16 and fp16 activations, every activation,
 biases, expert maps, ``apply_router_weight_on_input``. Not supported (the probe says

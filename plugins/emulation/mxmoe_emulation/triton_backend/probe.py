@@ -83,7 +83,7 @@ def supports(config: MoEConfig, device: torch.device) -> Verdict:
         return Verdict.no(f"probe failed because {type(exc).__name__}: {exc}")
     if problem:
         return Verdict.no(problem)
-    # MXFP4's split-nibble layout (layout.py) pairs MX blocks: K a multiple of 64
+    # MXFP4's fragment words (layout.py) cover 64 columns of K: K a multiple of 64
     multiple = 64 if config.weight_format is WeightFormat.MXFP4 else 32
     return Verdict.yes(PRIORITY, hidden_multiple=multiple, intermediate_multiple=multiple,
                        routes_internally=config.routing in ROUTED_HERE)
