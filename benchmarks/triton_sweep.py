@@ -92,6 +92,17 @@ VARIANTS: dict[str, Tiles | None] = {
     "b64-128x64-w8-s4": Tiles(64, 128, 128, 64, 8, 4),
     "b128-128x64-w8-s3": Tiles(128, 128, 128, 64, 8, 3),
     "b64-128x128-w8-s3": Tiles(64, 128, 128, 128, 8, 3),
+    "b64-256x64-w8": Tiles(64, 256, 256, 64, 8, 3),
+    "b64-128x64-w8-s2": Tiles(64, 128, 128, 64, 8, 2),
+    "b32-128x64-w8": Tiles(32, 128, 128, 64, 8, 3),
+    "b64-64x64-w4-s3": Tiles(64, 64, 64, 64, 4, 3),
+    # v15: activations as the left operand ("-n"): the decoded weight tile goes through
+    # shared memory (stmatrix) into wgmma, and 128-token blocks decode each weight once
+    "b128-128x64-w8-n": Tiles(128, 128, 128, 64, 8, 3, swap=False),
+    "b128-128x64-w8-s4-n": Tiles(128, 128, 128, 64, 8, 4, swap=False),
+    "b64-128x64-w4-n": Tiles(64, 128, 128, 64, 4, 3, swap=False),
+    "b128-64x64-w8-n": Tiles(128, 64, 64, 64, 8, 3, swap=False),
+    "b128-128x128-w8-s2-n": Tiles(128, 128, 128, 128, 8, 2, swap=False),
     # v13i: after the C7515 fix, deeper pipelines on the decode tile
     "s16-64x128-w4-s4": Tiles(16, 64, 64, 128, 4, 4),
     "s16-64x128-w4-s5": Tiles(16, 64, 64, 128, 4, 5),
