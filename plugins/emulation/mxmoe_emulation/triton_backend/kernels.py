@@ -292,15 +292,16 @@ def _pattern_values(p, scale):
 def _fragment_tile(words, ws, SCALE_BIAS: tl.constexpr, DTYPE: tl.constexpr,
                    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Fragment words [BN/16, BK/64, 128] (uint32: 16-row group, 64-column run, then row r,
-    lane column c and 16-column step in the run) and their scale bytes [BN/16, 8, 2, BK/32] (group, row r, rows r and
-    r + 8, MX block) -> the weight tile [BN, BK] in DTYPE (for the bf16 PTX decode:
-    times 2**(SCALE_BIAS - 126)). Every reshape here keeps each word's eight weights in
-    the registers of the thread that decoded them (the operand layout of mma/wgmma);
-    Triton sees the permutation and moves no data."""
+    lane column c and 16-column step in the run) and their scale bytes [BN/16, 8, 2,
+    BK/32] (group, row r, rows r and r + 8, MX block) -> the weight tile [BN, BK] in
+    DTYPE (for the bf16 PTX decode: times 2**(SCALE_BIAS - 126)). Every reshape here
+    keeps each word's eight weights in the registers of the thread that decoded them
+    (the operand layout of mma/wgmma); Triton sees the permutation and moves no data."""
     N16: tl.constexpr = BLOCK_N // 16
     KB: tl.constexpr = BLOCK_K // 16
     NB: tl.constexpr = BLOCK_K // 32
-    words = tl.permute(words.reshape(N16, BLOCK_K // 64, 8, 4, 4), (0, 2, 1, 4, 3)).reshape(N16, 8, KB, 4)
+    words = words.reshape(N16, BLOCK_K // 64, 8, 4, 4)  # group, run, r, c, step in run
+    words = tl.permute(words, (0, 2, 1, 4, 3)).reshape(N16, 8, KB, 4)  # group, r, step, c
     if ASM and DTYPE == tl.bfloat16:
         scale = (ws.to(tl.uint32) + SCALE_BIAS) * 0x00800080  # the bf16 pair, exponent field
     elif ASM:
@@ -395,12 +396,11 @@ def _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB: tl.constexpr,
     the slice (the next slice's, or padding) only ever multiply weights and
     activations that are masked to zero."""
     if EPB == 2:
-        g = tl.arange(0, BLOCK_N // 16)[:, None, None]
+        groups = (n_start + 16 * tl.arange(0, BLOCK_N // 16)) < N
         run = tl.arange(0, BLOCK_K // 64)[None, :, None]
-        w_mask = ((n_start + 16 * g) < N) & ((k0 + run * 64) < k_end)
-        g = tl.arange(0, BLOCK_N // 16)[:, None, None, None]
+        w_mask = groups[:, None, None] & ((k0 + run * 64) < k_end)
         block = tl.arange(0, BLOCK_K // 32)[None, None, None, :]
-        s_mask = ((n_start + 16 * g) < N) & ((k0 // 32 + block) < scale_cols)
+        s_mask = groups[:, None, None, None] & ((k0 // 32 + block) < scale_cols)
     else:
         n_mask = (n_start + tl.arange(0, BLOCK_N)) < N
         w_mask = n_mask[:, None] & ((k0 + tl.arange(0, BLOCK_K)) < k_end)[None, :]
@@ -553,8 +553,8 @@ def moe_gemm_kernel(
     # The scale tiles are loaded one K step ahead into registers: Triton's pipeliner
     # stages the weight and activation tiles through shared memory but leaves these
     # small loads in the loop, where each step would wait a full global-memory latency.
-    w_mask, s_mask = _weight_tile_masks(n_start, N, k_start, k_end, scale_cols, EPB, BLOCK_N,
-                                        BLOCK_K)
+    _, s_mask = _weight_tile_masks(n_start, N, k_start, k_end, scale_cols, EPB, BLOCK_N,
+                                   BLOCK_K)
     ws_g = tl.load(sg_ptrs, mask=s_mask, other=0)
     ws_u = ws_g
     if GATED:
@@ -570,8 +570,8 @@ def moe_gemm_kernel(
         a = tl.load(a_ptrs, mask=a_mask, other=0.0)
         if WEIGHT_ON_INPUT:
             a = _round(a.to(tl.float32) * route_w[:, None], a.dtype, INTERPRET)
-        w_mask, s_mask = _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB, BLOCK_N,
-                                            BLOCK_K)
+        w_mask, _ = _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB, BLOCK_N,
+                                       BLOCK_K)
         _, s_mask_next = _weight_tile_masks(n_start, N, k0 + BLOCK_K, k_end, scale_cols, EPB,
                                             BLOCK_N, BLOCK_K)
         sg_ptrs += BLOCK_K // 32

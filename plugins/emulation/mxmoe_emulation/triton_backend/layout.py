@@ -135,7 +135,8 @@ FRAGMENT_BITS: tuple[tuple[tuple[int, ...], ...], ...] = (
     tuple(tuple(b + 16 * e for b in _BF16_BITS) for e in range(2)),
     tuple(tuple((b + 16 * e - 10) % 32 for b in _BF16_BITS) for e in range(2)),
     tuple(tuple((b + 16 * e - 13) % 32 for b in _BF16_BITS) for e in range(2)),
-    ((4, 0, 1, 3), (20, 16, 17, 19)),  # the multiply: bits 0, 1, 16, 17 move by 7, 4 and 20 by 2, 3 and 19 by 12
+    # the multiply: bits 0, 1, 16 and 17 move up by 7, 4 and 20 by 2, 3 and 19 by 12
+    ((4, 0, 1, 3), (20, 16, 17, 19)),
 )
 
 

@@ -24,18 +24,19 @@ class Tiles:
     """One launch configuration of the grouped GEMMs.
 
     ``block_m`` token rows per block (>= 16 for tensor cores); ``block_n1`` /
-    ``block_n2`` output columns per program of GEMM1 (intermediate channels: each
-    reads a gate and an up row per channel) and GEMM2 (hidden channels); ``block_k``
-    reduction depth per step (a multiple of 64: whole 64-column runs of MXFP4
-    fragment words, see :mod:`.layout`); ``decode``: how MXFP4 bytes become weights, "asm" (inline PTX, used
+    ``block_n2`` output columns per program of GEMM1 (intermediate channels: each reads
+    a gate and an up row per channel) and GEMM2 (hidden channels); ``block_k`` reduction
+    depth per step (a multiple of 64: whole 64-column runs of MXFP4 fragment words, see
+    :mod:`.layout`); ``decode``: how MXFP4 bytes become weights, "asm" (inline PTX, used
     on NVIDIA GPUs) or "manual" (portable Triton operations, used elsewhere), see
     :mod:`.kernels`; ``swap``: weights as the left operand; ``split_k``: slices of K
-    computed by separate programs and summed in a fixed order afterwards (more
-    programs in flight when few blocks exist, at decode sizes). ``max_registers``:
-    the GEMMs' register limit per thread (PTX ``.maxnreg``; None leaves it to ptxas). Besides capping, a limit changes ptxas's allocation below it:
-    without one ptxas trades registers for occupancy on its own, with a generous one it
-    does not. A tuning knob for sweeps (benchmarks/triton_notes.md, v13b): the current
-    table measured best without it.
+    computed by separate programs and summed in a fixed order afterwards (more programs
+    in flight when few blocks exist, at decode sizes). ``max_registers``: the GEMMs'
+    register limit per thread (PTX ``.maxnreg``; None leaves it to ptxas). Besides
+    capping, a limit changes ptxas's allocation below it: without one ptxas trades
+    registers for occupancy on its own, with a generous one it does not. A tuning knob
+    for sweeps (benchmarks/triton_notes.md, v13b): the current table measured best
+    without it.
     """
 
     block_m: int
