@@ -53,9 +53,9 @@ class TestTritonConformanceGPU(BackendConformance):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_decodes_agree_with_reference(tiles: Tiles, dtype: torch.dtype) -> None:
     """The inline-PTX fragment decode and the portable one, on the table's kinds of tiles
-    (wgmma on Hopper, mma.sync for 2-warp and 16-column tiles), all match the reference (K = 512
-    spans several tiles; 97 tokens fill partial blocks; one token takes the block-per-
-    slot path, without the align launch)."""
+    (wgmma on Hopper, mma.sync for 2-warp and 16-column tiles), all match the reference
+    (K = 512 spans several tiles; 97 tokens fill partial blocks; one token takes the
+    block-per-slot path, without the align launch)."""
     config = MoEConfig(num_experts=8, top_k=2, hidden_size=512, intermediate_size=384,
                        activation="swigluoai", has_bias=True, dtype=dtype)
     seed = fresh_seed()

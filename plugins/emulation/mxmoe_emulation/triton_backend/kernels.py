@@ -385,27 +385,37 @@ def _weight_tile_ptrs(w_base, s_base, n_start, stride_wn, stride_sn, EPB: tl.con
 
 
 @triton.jit
-def _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(weights, scales) masks of the K step at k0, shaped as _weight_tile_ptrs's tiles.
+def _weight_mask(n_start, N, k0, k_end, EPB: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """The mask of the weight tile of the K step at k0, shaped as _weight_tile_ptrs's.
     MXFP4 masks are constant over whole 16-row groups and 64 columns (N and K are
-    multiples of 16 and 64), so each thread's 16-byte word vector stays one load. The
-    scales are bounded by the stored row width ``scale_cols`` (a multiple of 16, see
+    multiples of 16 and 64), so each thread's 16-byte word vector stays one load."""
+    if EPB == 2:
+        groups = (n_start + 16 * tl.arange(0, BLOCK_N // 16)) < N
+        run = tl.arange(0, BLOCK_K // 64)[None, :, None]
+        mask = groups[:, None, None] & ((k0 + run * 64) < k_end)
+    else:
+        n_mask = (n_start + tl.arange(0, BLOCK_N)) < N
+        mask = n_mask[:, None] & ((k0 + tl.arange(0, BLOCK_K)) < k_end)[None, :]
+    return mask
+
+
+@triton.jit
+def _scale_mask(n_start, N, k0, scale_cols, EPB: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """The mask of the scale tile of the K step at k0, shaped as _weight_tile_ptrs's.
+    The scales are bounded by the stored row width ``scale_cols`` (a multiple of 16, see
     layout.py), not by the program's K slice: the mask is then constant over each
     vector of bytes (one wide load instead of one load per byte); the scales read past
     the slice (the next slice's, or padding) only ever multiply weights and
     activations that are masked to zero."""
+    blocks = (k0 // 32 + tl.arange(0, BLOCK_K // 32)) < scale_cols
     if EPB == 2:
         groups = (n_start + 16 * tl.arange(0, BLOCK_N // 16)) < N
-        run = tl.arange(0, BLOCK_K // 64)[None, :, None]
-        w_mask = groups[:, None, None] & ((k0 + run * 64) < k_end)
-        block = tl.arange(0, BLOCK_K // 32)[None, None, None, :]
-        s_mask = groups[:, None, None, None] & ((k0 // 32 + block) < scale_cols)
+        mask = groups[:, None, None, None] & blocks[None, None, None, :]
     else:
-        n_mask = (n_start + tl.arange(0, BLOCK_N)) < N
-        w_mask = n_mask[:, None] & ((k0 + tl.arange(0, BLOCK_K)) < k_end)[None, :]
-        s_mask = n_mask[:, None] & ((k0 // 32 + tl.arange(0, BLOCK_K // 32)) < scale_cols)[None, :]
-    return w_mask, s_mask
+        mask = ((n_start + tl.arange(0, BLOCK_N)) < N)[:, None] & blocks[None, :]
+    return mask
 
 
 @triton.jit
@@ -470,7 +480,7 @@ def moe_gemm_kernel(
     bias_ptr, stride_be,
     out_ptr, stride_out, stride_split,
     sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
-    N, K, num_experts, up_offset, acc_scale, alpha, beta, limit,
+    N, K, num_experts, acc_scale, alpha, beta, limit,
     TOP_K: tl.constexpr, GATED: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
@@ -483,7 +493,7 @@ def moe_gemm_kernel(
     SPLIT_K slices of K) tile.
 
     GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
-    tokens; gate rows ``n`` and up rows ``n + up_offset`` of ``w13`` (halves, see
+    tokens; gate rows ``n`` and up rows ``N + n`` of ``w13`` (halves, see
     layout.py). GEMM2: A rows are the block's activation rows. Both write the rows of
     their slots: GEMM1 the activation (with SPLIT_K > 1: float32 partial gate and up
     sums [split, slot, 2N] for :func:`activation_kernel`), GEMM2 bias + router-weighted
@@ -542,8 +552,8 @@ def moe_gemm_kernel(
     a_ptrs = a_ptr + a_rows[:, None] * stride_a + (k_start + offs_k)[None, :]
     wg_ptrs, sg_ptrs = _weight_tile_ptrs(w_base, s_base, n_start, stride_wn, stride_sn, EPB,
                                          BLOCK_N, BLOCK_K)
-    wu_ptrs = wg_ptrs + up_offset * stride_wn
-    su_ptrs = sg_ptrs + up_offset * stride_sn
+    wu_ptrs = wg_ptrs + N * stride_wn  # w13's up rows: the second half
+    su_ptrs = sg_ptrs + N * stride_sn
 
     if SWAP:
         acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -553,8 +563,7 @@ def moe_gemm_kernel(
     # The scale tiles are loaded one K step ahead into registers: Triton's pipeliner
     # stages the weight and activation tiles through shared memory but leaves these
     # small loads in the loop, where each step would wait a full global-memory latency.
-    _, s_mask = _weight_tile_masks(n_start, N, k_start, k_end, scale_cols, EPB, BLOCK_N,
-                                   BLOCK_K)
+    s_mask = _scale_mask(n_start, N, k_start, scale_cols, EPB, BLOCK_N, BLOCK_K)
     ws_g = tl.load(sg_ptrs, mask=s_mask, other=0)
     ws_u = ws_g
     if GATED:
@@ -570,10 +579,8 @@ def moe_gemm_kernel(
         a = tl.load(a_ptrs, mask=a_mask, other=0.0)
         if WEIGHT_ON_INPUT:
             a = _round(a.to(tl.float32) * route_w[:, None], a.dtype, INTERPRET)
-        w_mask, _ = _weight_tile_masks(n_start, N, k0, k_end, scale_cols, EPB, BLOCK_N,
-                                       BLOCK_K)
-        _, s_mask_next = _weight_tile_masks(n_start, N, k0 + BLOCK_K, k_end, scale_cols, EPB,
-                                            BLOCK_N, BLOCK_K)
+        w_mask = _weight_mask(n_start, N, k0, k_end, EPB, BLOCK_N, BLOCK_K)
+        s_mask_next = _scale_mask(n_start, N, k0 + BLOCK_K, scale_cols, EPB, BLOCK_N, BLOCK_K)
         sg_ptrs += BLOCK_K // 32
         su_ptrs += BLOCK_K // 32
         ws_g_next = tl.load(sg_ptrs, mask=s_mask_next, other=0)
@@ -606,7 +613,7 @@ def moe_gemm_kernel(
             b_ptrs = bias_ptr + expert * stride_be + offs_n
             acc_g += _along_n(tl.load(b_ptrs, mask=n_mask, other=0.0), SWAP)
             if GATED:
-                acc_u += _along_n(tl.load(b_ptrs + up_offset, mask=n_mask, other=0.0), SWAP)
+                acc_u += _along_n(tl.load(b_ptrs + N, mask=n_mask, other=0.0), SWAP)
         if GATED:
             result = _activate(acc_g, acc_u, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
         else:
@@ -619,7 +626,7 @@ def moe_gemm_kernel(
 @triton.jit
 def activation_kernel(
     partial_ptr, ids_ptr, map_ptr, bias_ptr, stride_be, act_ptr,
-    num_slots, num_experts, N, up_offset, alpha, beta, limit,
+    num_slots, num_experts, N, alpha, beta, limit,
     SPLIT_K: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr,
     INTERPRET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
@@ -643,7 +650,7 @@ def activation_kernel(
     if HAS_BIAS:
         b_ptrs = bias_ptr + local.to(tl.int64) * stride_be + cols
         gate += tl.load(b_ptrs, mask=mask, other=0.0)
-        up += tl.load(b_ptrs + up_offset, mask=mask, other=0.0)
+        up += tl.load(b_ptrs + N, mask=mask, other=0.0)
     result = _activate(gate, up, alpha, beta, limit, ACTIVATION, HAS_LIMIT)
     tl.store(act_ptr + slot * N + cols, _round(result, act_ptr.dtype.element_ty, INTERPRET),
              mask=mask)

@@ -176,7 +176,7 @@ class _Launcher:
             wq if bias is None else bias, 0 if bias is None else bias.stride(0),
             out, row_stride, out.stride(0) if split > 1 else 0,
             sorted_slots, block_expert, block_rows, self.route_w,
-            n, k, self.num_experts, n if gated else 0, acc_scale,
+            n, k, self.num_experts, acc_scale,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
             TOP_K=self.top_k, GATED=gated,
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
@@ -197,7 +197,7 @@ class _Launcher:
         activation_kernel[(slots, triton.cdiv(n, _REDUCE_BLOCK))](
             partials, self.ids, _map_argument(self.ids, self.expert_map),
             partials if bias is None else bias, 0 if bias is None else bias.stride(0), act,
-            slots, self.num_experts, n, n,
+            slots, self.num_experts, n,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
             SPLIT_K=split, ACTIVATION=math.activation,
             HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
