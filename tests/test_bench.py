@@ -163,6 +163,26 @@ def test_time_calls_rotates_inputs_and_respects_the_budget():
         time_calls(slow, CPU, warmup=0, repeats=0, budget_s=1.0)
 
 
+def test_warm_up_runs_for_its_seconds_and_stays_within_a_fifth_of_the_budget():
+    import time
+
+    calls = []
+
+    def sleepy(i):
+        calls.append(i)
+        time.sleep(0.005)
+
+    # 0.1 s of warm-up at 5 ms a call: about 20 calls before the estimate and the 3 runs
+    time_calls(sleepy, CPU, warmup=1, repeats=3, budget_s=10.0, warmup_s=0.1)
+    assert len(calls) - 4 >= 15
+    # 100 warm-up runs, but a 0.25 s budget allows 0.05 s of warm-up: about 10 calls
+    calls.clear()
+    time_calls(sleepy, CPU, warmup=100, repeats=3, budget_s=0.25)
+    assert len(calls) - 4 <= 13
+    with pytest.raises(ValueError, match="warmup_s: expected seconds >= 0"):
+        time_calls(sleepy, CPU, warmup=0, repeats=1, budget_s=1.0, warmup_s=-1.0)
+
+
 # -- the record ---------------------------------------------------------------------------
 
 

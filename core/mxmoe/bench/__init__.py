@@ -97,6 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {_DEFAULTS['repeats']})")
     parser.add_argument("--warmup", type=int, default=_DEFAULTS["warmup"],
                         help=f"untimed runs before timing (default {_DEFAULTS['warmup']})")
+    parser.add_argument("--warmup-s", type=float, default=_DEFAULTS["warmup_s"],
+                        help="and at least this many seconds of untimed runs, so a row is "
+                             "timed at the clock its own load settles at, not the previous "
+                             f"row's (default {_DEFAULTS['warmup_s']}; warm-up never takes "
+                             "more than a fifth of --row-budget-s)")
     parser.add_argument("--input-sets", type=_positive(int), default=_DEFAULTS["input_sets"],
                         help="input sets rotated between runs, so decode sizes are not "
                              f"timed from a warm cache (default {_DEFAULTS['input_sets']})")
@@ -148,6 +153,7 @@ def _options(args: argparse.Namespace) -> Options:
         matmul_n=args.matmul_n or (8192 if gpu else 256),
         repeats=args.repeats,
         warmup=max(0, args.warmup),
+        warmup_s=max(0.0, args.warmup_s),
         input_sets=args.input_sets,
         row_budget_s=args.row_budget_s,
         check_max_m=args.check_max_m,

@@ -43,6 +43,7 @@ class Options:
     matmul_n: int
     repeats: int = 50
     warmup: int = 10
+    warmup_s: float = 0.25
     input_sets: int = 8
     row_budget_s: float = 2.0
     check_max_m: int = 64
@@ -132,8 +133,8 @@ def _graph_fields(impl: Impl, call: Any, m: int, options: Options) -> dict[str, 
         torch.cuda.synchronize(options.device)
         return {"graph_skipped": f"capture failed: {describe_exception(exc)}"}
     timing = time_calls(lambda i: graphs[i % len(graphs)].replay(), options.device,
-                        warmup=options.warmup, repeats=options.repeats,
-                        budget_s=options.row_budget_s)
+                        warmup=options.warmup, warmup_s=options.warmup_s,
+                        repeats=options.repeats, budget_s=options.row_budget_s)
     return {"graph_ms": timing.ms, "graph_runs": timing.runs}
 
 
@@ -155,7 +156,8 @@ def _measure(layer: _Layer, impl: Impl, m: int) -> dict[str, Any]:
             row["rel_err_tolerance"] = tolerance(config)
         del out
         timing = time_calls(call, options.device, warmup=options.warmup,
-                            repeats=options.repeats, budget_s=options.row_budget_s)
+                            warmup_s=options.warmup_s, repeats=options.repeats,
+                            budget_s=options.row_budget_s)
         row["ms"], row["runs"] = timing.ms, timing.runs
         extra = peak_extra_bytes(lambda: call(0), options.device)
         if extra is not None:

@@ -50,13 +50,40 @@ def _planned_runs(call: Callable[[int], object], device: torch.device, repeats: 
     return min(repeats, max(MIN_RUNS, affordable))
 
 
+#: Warm-up runs queued between host synchronisations, so the host never runs far ahead
+#: of the device while it watches the warm-up's time.
+_WARMUP_SYNC_EVERY = 16
+
+
+def _warm_up(call: Callable[[int], object], device: torch.device, runs: int, seconds: float,
+             budget_s: float) -> None:
+    """At least ``runs`` calls and ``seconds`` of calling, but no more than a fifth of
+    ``budget_s``. The time matters on a GPU: its clock follows its recent power draw,
+    and for tens of milliseconds after heavy work (the previous row, the ceilings) it
+    runs a light workload at a throttled clock, so a count of fast calls alone times
+    the previous row's aftermath (benchmarks/triton_notes.md, v16)."""
+    limit = budget_s / 5
+    start = time.perf_counter()
+    i = 0
+    while i < runs or time.perf_counter() - start < seconds:
+        if time.perf_counter() - start >= limit:
+            break
+        call(i)
+        i += 1
+        if i % _WARMUP_SYNC_EVERY == 0:
+            synchronize(device)
+    synchronize(device)
+
+
 def time_calls(call: Callable[[int], object], device: torch.device, *, warmup: int,
-               repeats: int, budget_s: float) -> Timing:
-    """Median time of ``call(i)`` over up to ``repeats`` runs after ``warmup`` runs."""
+               repeats: int, budget_s: float, warmup_s: float = 0.0) -> Timing:
+    """Median time of ``call(i)`` over up to ``repeats`` runs, after a warm-up of
+    ``warmup`` runs and ``warmup_s`` seconds (capped at a fifth of ``budget_s``)."""
     if repeats <= 0:
         raise ValueError(f"repeats: expected a positive count, got {repeats}")
-    for i in range(warmup):
-        call(i)
+    if warmup_s < 0:
+        raise ValueError(f"warmup_s: expected seconds >= 0, got {warmup_s}")
+    _warm_up(call, device, warmup, warmup_s, budget_s)
     runs = _planned_runs(call, device, repeats, budget_s)
     if device.type == "cuda":
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
