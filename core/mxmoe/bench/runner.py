@@ -47,7 +47,7 @@ class Options:
     input_sets: int = 8
     row_budget_s: float = 2.0
     check_max_m: int = 64
-    graph_max_m: int = 64
+    graph_max_m: int = 512
     graph_impls: tuple[str, ...] = ("triton", "torch-grouped-mm-bf16")
     seed: int = 0
 
