@@ -65,8 +65,9 @@ def _warm_up(call: Callable[[int], object], device: torch.device, runs: int, sec
     limit = budget_s / 5
     start = time.perf_counter()
     i = 0
-    while i < runs or time.perf_counter() - start < seconds:
-        if time.perf_counter() - start >= limit:
+    while True:
+        elapsed = time.perf_counter() - start
+        if elapsed >= limit or (i >= runs and elapsed >= seconds):
             break
         call(i)
         i += 1
