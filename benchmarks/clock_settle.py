@@ -3,7 +3,8 @@
 Times CUDA-graph replays of the one-token gpt-oss-120b ``triton`` layer (the bench's
 harness: same weights, inputs and graphs), fresh, and then continuously for a few
 seconds right after 200 BF16 8192^3 matmuls, printing the median of each 50 replays
-with the time since the matmuls ended and the SM clock. The bench's time-based
+with the time since the matmuls ended, and the SM clock, power and temperature
+(nvidia-smi) before, right after the matmuls and at the end. The bench's time-based
 warm-up (``--warmup-s``, benchmarks/README.md) is chosen from this curve.
 
     python3 benchmarks/clock_settle.py > settle.txt
