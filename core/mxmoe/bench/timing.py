@@ -73,7 +73,6 @@ def _warm_up(call: Callable[[int], object], device: torch.device, runs: int, sec
         i += 1
         if i % _WARMUP_SYNC_EVERY == 0:
             synchronize(device)
-    synchronize(device)
 
 
 def time_calls(call: Callable[[int], object], device: torch.device, *, warmup: int,
