@@ -32,6 +32,7 @@ from mxmoe import MoEConfig, random_weights, reference_experts, reference_moe, r
 from mxmoe.reference import tolerance
 from mxmoe.testing import BackendConformance, Case
 from mxmoe_emulation.triton_backend import hooks
+from mxmoe_emulation.triton_backend import launch
 from mxmoe_emulation.triton_backend.launch import _align, moe_forward, route_topk
 from mxmoe_emulation.triton_backend.op import op_arguments
 from mxmoe_emulation.triton_backend.probe import ROUTED_HERE
@@ -133,6 +134,41 @@ def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | No
     # slots keep their order inside an expert, and experts come in order
     order = [(int(local[s]), s) for s in seen]
     assert order == sorted(order)
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["all-local", "map"])
+def test_slot_led_blocks_match_the_align_step(mapped: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small calls have no align launch: each GEMM program finds the block its slot leads
+    from the ids. Caller-made ids repeat one expert, also within a token, so that it gets
+    more than BLOCK_M rows (blocks led by its slots of rank 0 and 16), and one id per
+    token is out of range or, with the map, on another rank. The output equals the align
+    step's bit for bit (rows in slot order either way only change which program computes
+    a row) and matches the reference."""
+    emap = tuple(i // 2 if i % 2 == 0 else -1 for i in range(32)) if mapped else None
+    config = _BASE.replace(num_experts=32, top_k=4, hidden_size=64, intermediate_size=64,
+                           expert_map=emap)
+    m = 4 if mapped else 8  # 16 or 32 slots: no more blocks than the align step's bound
+    num_local = 16 if mapped else 32
+    assert launch.slot_led(m * config.top_k, num_local, INTERPRETER_TILES.block_m)
+    seed = fresh_seed()
+    weights = random_weights(config, seed=seed)
+    converted = hooks.convert_weights(config, weights, CPU)
+    x, logits = inputs(config, m, seed)
+    topk_weights, topk_ids = route(logits, config)
+    tokens = torch.arange(m)
+    topk_ids[:, :3] = 6  # expert 6 (local 3 with the map): 3 * m rows, repeated per token
+    topk_ids[:, 3] = torch.where(tokens % 2 == 0, 40, (7 * tokens + 1) % 32).to(torch.int32)
+    emap_t = None if emap is None else torch.tensor(emap, dtype=torch.int32)
+    got = moe_forward(x, topk_weights, topk_ids, emap_t, converted)
+    monkeypatch.setattr(launch, "SLOT_LED_MAX_SLOTS", 0)
+    aligned = moe_forward(x, topk_weights, topk_ids, emap_t, converted)
+    torch.testing.assert_close(got, aligned, rtol=0, atol=0)
+    zeroed, safe_ids = topk_weights.clone(), topk_ids.clone()
+    zeroed[tokens % 2 == 0, 3] = 0.0
+    safe_ids[tokens % 2 == 0, 3] = 0
+    err = relative_error(got, reference_experts(config, weights, x, zeroed, safe_ids))
+    assert err <= tolerance(config), f"seed={seed}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("method", [r.value for r in ROUTED_HERE])

@@ -3,9 +3,10 @@
 One layer is four launches, all on the device, none waiting for the host (five with
 split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes:
 
-1. :func:`align_kernel` (one program; skipped for a single token, whose slots are
-   distinct experts and become one block each): counts the tokens routed to each local expert
-   and lays the (token, k) *slots* out expert by expert in blocks of ``BLOCK_M`` rows.
+1. :func:`align_kernel` (one program; skipped for small calls, where each GEMM program
+   finds its block from the ids itself, see :func:`_slot_led_block`): counts the tokens
+   routed to each local expert and lays the (token, k) *slots* out expert by expert in
+   blocks of ``BLOCK_M`` rows.
    It writes ``sorted_slots[row]`` (the slot at each padded row), and per block its
    local expert and its number of real rows (0 for the unused tail of the worst-case
    grid), so the GEMMs need no sentinel rows and no host-known counts. Slots get
@@ -154,6 +155,29 @@ def _local_experts(ids_ptr, map_ptr, slots, mask, num_experts, HAS_MAP: tl.const
     if HAS_MAP:
         ids = tl.load(map_ptr + ids, mask=ids >= 0, other=-1)
     return ids
+
+
+@triton.jit
+def _slot_led_block(ids_ptr, map_ptr, slot, num_slots, num_experts, HAS_MAP: tl.constexpr,
+                    BLOCK_M: tl.constexpr, SLOTS_PAD: tl.constexpr):
+    """The block that slot ``slot`` leads, computed in registers from the ids alone (small
+    calls, no align launch): the slots of each local expert in slot order, cut into runs of
+    BLOCK_M; a slot leads a block when its rank among its expert's slots is a multiple of
+    BLOCK_M, and the block's rows are that run. Returns (local expert, whether the slot
+    leads, the run's slots [BLOCK_M], which of them are real rows). Every slot of a local
+    expert is a row of exactly one block, as with the align step, and the rows keep slot
+    order (deterministic)."""
+    offs = tl.arange(0, SLOTS_PAD)
+    local = _local_experts(ids_ptr, map_ptr, offs, offs < num_slots, num_experts, HAS_MAP)
+    own = tl.sum(tl.where(offs == slot, local, 0), axis=0)
+    same = (local == own) & (own >= 0)
+    rank = tl.cumsum(same.to(tl.int32), axis=0) - 1
+    first = tl.sum(tl.where(offs == slot, rank, 0), axis=0)
+    leads = (own >= 0) & (first % BLOCK_M == 0)
+    want = first + tl.arange(0, BLOCK_M)
+    pick = same[None, :] & (rank[None, :] == want[:, None])
+    slots = tl.sum(tl.where(pick, offs[None, :], 0), axis=1)
+    return own, leads, slots, want < tl.sum(same.to(tl.int32), axis=0)
 
 
 @triton.jit
@@ -479,14 +503,14 @@ def moe_gemm_kernel(
     s_ptr, stride_se, stride_sn, scale_cols,
     bias_ptr, stride_be,
     out_ptr, stride_out, stride_split,
-    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, route_w_ptr,
-    N, K, num_experts, acc_scale, alpha, beta, limit,
+    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr, route_w_ptr,
+    N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
     TOP_K: tl.constexpr, GATED: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    SLOT_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
@@ -503,8 +527,11 @@ def moe_gemm_kernel(
     multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
     compile-time constant: a run-time bias makes Triton route the scales through shared
     memory; real layers all share the value 126, so it compiles once). With
-    ``SLOT_BLOCKS`` (a single token, no expert map) there is no align step: block ``b``
-    is slot ``b`` alone and ``block_expert_ptr`` is the top-k ids.
+    ``SLOTS_PAD`` > 0 (a small call: at most that many slots) there is no align step:
+    block ``b`` is the one slot ``b`` leads (:func:`_slot_led_block`), from ``ids_ptr``
+    (and ``map_ptr`` with ``HAS_MAP``); the three block-table pointers are unused.
+    Otherwise ``ids_ptr``/``map_ptr`` are unused and the align step's table gives the
+    blocks.
     """
     _wait_for_inputs(PDL)
     pid = tl.program_id(0)
@@ -513,15 +540,12 @@ def moe_gemm_kernel(
     tile = pid // SPLIT_K
     blk = tile // n_tiles
     offs_m = tl.arange(0, BLOCK_M)
-    if SLOT_BLOCKS:
-        # one block per slot, its expert read straight from the top-k ids (num_experts:
-        # an id outside [0, num_experts) makes an empty block, as the align step would)
-        expert = tl.load(block_expert_ptr + blk)
-        if (expert < 0) | (expert >= num_experts):
+    if SLOTS_PAD > 0:
+        expert, leads, slots, m_mask = _slot_led_block(ids_ptr, map_ptr, blk, num_slots,
+                                                       num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD)
+        if not leads:
             return
         expert = expert.to(tl.int64)
-        m_mask = offs_m < 1
-        slots = blk + 0 * offs_m
     else:
         rows = tl.load(block_rows_ptr + blk)
         if rows == 0:

@@ -1,6 +1,6 @@
 """One MoE layer as a few kernel launches (see :mod:`.kernels`), no host sync.
 
-[route, when the backend routes] -> [align, unless a single token] -> GEMM1 ->
+[route, when the backend routes] -> [align, unless a small call] -> GEMM1 ->
 [activation, when GEMM1's K is split] -> GEMM2 -> top-k sum (the sum is skipped when
 each token's single slot can be written as its output row). On Hopper and later the
 launches are programmatic dependent launches (:func:`use_pdl`): each starts while the
@@ -27,7 +27,8 @@ from .layout import LayerMath, TritonWeights
 from .probe import interpreting
 from .tiles import Tiles, tiles_for
 
-__all__ = ["PDL_ENV", "moe_forward", "num_blocks_bound", "route_topk", "use_pdl"]
+__all__ = ["PDL_ENV", "SLOT_LED_MAX_SLOTS", "moe_forward", "num_blocks_bound", "route_topk",
+           "slot_led", "use_pdl"]
 
 _REDUCE_BLOCK = 1024
 
@@ -55,6 +56,20 @@ def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> in
     """Most blocks the slots can need: whole blocks plus one partial per used expert."""
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
 
+
+#: Most (token, k) slots for which the GEMM programs group the slots themselves
+#: (:func:`.kernels._slot_led_block`) instead of an align launch; each program then scans
+#: this many ids at most (benchmarks/triton_notes.md, v17).
+SLOT_LED_MAX_SLOTS = 128
+
+
+def slot_led(num_slots: int, num_local_experts: int, block_m: int) -> bool:
+    """Whether a call's blocks are led by its slots (no align launch): a small call whose
+    grid of one block per slot is no larger than the align step's worst case, so the
+    blocks that lead nothing (a repeated expert's slots) cost no more programs than the
+    align step's unused ones."""
+    return (num_slots <= SLOT_LED_MAX_SLOTS
+            and num_slots <= num_blocks_bound(num_slots, num_local_experts, block_m))
 
 #: Environment switch for programmatic dependent launch on Hopper and later ("0" or "1").
 PDL_ENV = "MXMOE_TRITON_PDL"
@@ -131,13 +146,15 @@ class _Launcher:
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
         self.num_experts = num_experts
-        # a single token's slots are distinct experts: one block each, no align launch
-        self.slot_blocks = ids.numel() == top_k and expert_map is None
-        if self.slot_blocks:
-            self.table = (ids, ids, ids)  # block b: slot b, expert ids[b] (rows unused)
+        # small calls: every slot may lead a block, found in-kernel (no align launch)
+        num_local = weights.w13.shape[0]
+        self.slots_pad = (triton.next_power_of_2(ids.numel())
+                          if slot_led(ids.numel(), num_local, tiles.block_m) else 0)
+        if self.slots_pad:
+            self.table = (ids, ids, ids)  # unused by the kernels; the grid: a block per slot
         else:
-            self.table = _align(ids, expert_map, weights.w13.shape[0], num_experts,
-                                tiles.block_m, self.pdl)
+            self.table = _align(ids, expert_map, num_local, num_experts, tiles.block_m,
+                                self.pdl)
 
     @property
     def register_limit(self) -> dict[str, int]:
@@ -175,15 +192,17 @@ class _Launcher:
             scale, scale.stride(0), scale.stride(1), scale.shape[2],
             wq if bias is None else bias, 0 if bias is None else bias.stride(0),
             out, row_stride, out.stride(0) if split > 1 else 0,
-            sorted_slots, block_expert, block_rows, self.route_w,
-            n, k, self.num_experts, acc_scale,
+            sorted_slots, block_expert, block_rows, self.ids,
+            _map_argument(self.ids, self.expert_map), self.route_w,
+            n, k, self.ids.numel(), self.num_experts, acc_scale,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
             TOP_K=self.top_k, GATED=gated,
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
             HAS_BIAS=bias is not None, WEIGHT_ON_INPUT=gated and math.weight_on_input,
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
             EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
-            SCALE_BIAS=scale_bias, SPLIT_K=split, SLOT_BLOCKS=self.slot_blocks,
+            SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
+            SLOTS_PAD=self.slots_pad,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             launch_pdl=self.pdl, **self.register_limit,
