@@ -186,40 +186,60 @@ def align_kernel(
     counts_ptr, rank_ptr, row_start_ptr,
     num_slots, num_blocks, num_experts,
     NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, HAS_MAP: tl.constexpr,
-    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, ONE_STEP: tl.constexpr,
+    BLOCK_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """Group the slots by local expert into blocks of BLOCK_M rows (one program).
 
-    ``counts_ptr``/``row_start_ptr`` ([E_PAD]) and ``rank_ptr`` ([num_slots]) are
-    scratch. Every one of the ``num_blocks`` block entries is written (unused ones get
-    0 rows), so no buffer needs clearing by the caller.
+    ``ONE_STEP`` (every slot in one CHUNK, small enough for a [CHUNK, E_PAD] one-hot in
+    registers): counts, ranks and rows come from the one-hot (a column cumsum), with no
+    global round trip between loading the ids and storing the table; rows keep slot
+    order. Otherwise CHUNK slots a step take their ranks from atomic per-expert
+    counters, and ``counts_ptr``/``row_start_ptr`` ([E_PAD]) and ``rank_ptr``
+    ([num_slots]) are scratch. Every one of the ``num_blocks`` block entries is written
+    (unused ones get 0 rows), so no buffer needs clearing by the caller.
     """
     _wait_for_inputs(PDL)
     _release_dependents(PDL)
     experts = tl.arange(0, E_PAD)
-    tl.store(counts_ptr + experts, tl.zeros([E_PAD], dtype=tl.int32))
-    tl.debug_barrier()
-    for start in range(0, num_slots, CHUNK):
-        slots = start + tl.arange(0, CHUNK)
+    if ONE_STEP:
+        slots = tl.arange(0, CHUNK)
         local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts, HAS_MAP)
-        valid = local >= 0
-        rank = tl.atomic_add(counts_ptr + local, tl.full([CHUNK], 1, tl.int32), mask=valid,
-                             sem="relaxed")
-        tl.store(rank_ptr + slots, rank, mask=valid)
-    tl.debug_barrier()
-    counts = tl.load(counts_ptr + experts, volatile=True)
-    blocks = (counts + BLOCK_M - 1) // BLOCK_M
-    block_end = tl.cumsum(blocks, axis=0)
-    block_start = block_end - blocks
-    tl.store(row_start_ptr + experts, block_start * BLOCK_M)
-    tl.debug_barrier()
-    for start in range(0, num_slots, CHUNK):
-        slots = start + tl.arange(0, CHUNK)
-        local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts, HAS_MAP)
-        valid = local >= 0
-        row = (tl.load(row_start_ptr + local, mask=valid, other=0)
-               + tl.load(rank_ptr + slots, mask=valid, other=0))
-        tl.store(sorted_slots_ptr + row, slots, mask=valid)
+        onehot = (local[:, None] == experts[None, :]).to(tl.int32)
+        counts = tl.sum(onehot, axis=0)
+        blocks = (counts + BLOCK_M - 1) // BLOCK_M
+        block_end = tl.cumsum(blocks, axis=0)
+        block_start = block_end - blocks
+        # a slot's rank: how many slots of its expert come before it (column cumsum)
+        rank = tl.sum(onehot * tl.cumsum(onehot, axis=0), axis=1) - 1
+        row = tl.sum(onehot * (block_start * BLOCK_M)[None, :], axis=1) + rank
+        tl.store(sorted_slots_ptr + row, slots, mask=local >= 0)
+    else:
+        tl.store(counts_ptr + experts, tl.zeros([E_PAD], dtype=tl.int32))
+        tl.debug_barrier()
+        for start in range(0, num_slots, CHUNK):
+            slots = start + tl.arange(0, CHUNK)
+            local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts,
+                                   HAS_MAP)
+            valid = local >= 0
+            rank = tl.atomic_add(counts_ptr + local, tl.full([CHUNK], 1, tl.int32), mask=valid,
+                                 sem="relaxed")
+            tl.store(rank_ptr + slots, rank, mask=valid)
+        tl.debug_barrier()
+        counts = tl.load(counts_ptr + experts, volatile=True)
+        blocks = (counts + BLOCK_M - 1) // BLOCK_M
+        block_end = tl.cumsum(blocks, axis=0)
+        block_start = block_end - blocks
+        tl.store(row_start_ptr + experts, block_start * BLOCK_M)
+        tl.debug_barrier()
+        for start in range(0, num_slots, CHUNK):
+            slots = start + tl.arange(0, CHUNK)
+            local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts,
+                                   HAS_MAP)
+            valid = local >= 0
+            row = (tl.load(row_start_ptr + local, mask=valid, other=0)
+                   + tl.load(rank_ptr + slots, mask=valid, other=0))
+            tl.store(sorted_slots_ptr + row, slots, mask=valid)
     for start in range(0, num_blocks, BLOCK_CHUNK):
         blk = start + tl.arange(0, BLOCK_CHUNK)
         # the owner of a block: the number of experts whose blocks all come before it

@@ -33,12 +33,23 @@ __all__ = ["PDL_ENV", "SLOT_LED_MAX_SLOTS", "moe_forward", "num_blocks_bound", "
 _REDUCE_BLOCK = 1024
 
 
-def _align_chunk(num_slots: int) -> tuple[int, int]:
-    """(slots per step, warps) of the one-program align kernel: every slot of a small
-    call in one step, up to 4096 a step with 16 warps at prefill sizes, where each step
-    waits a round trip for its atomics (16384 slots in 1024-slot steps took 54 µs)."""
-    chunk = min(4096, max(128, triton.next_power_of_2(num_slots)))
-    return chunk, max(4, min(16, chunk // 256))
+#: Largest [slots, experts] one-hot the one-step align keeps in registers (its column
+#: cumsum goes through shared memory; 64 x 128 compiles to 168 registers with 4 warps,
+#: 128 x 128 to 255 with 8, 256 x 128 spills with 16).
+ONE_HOT_MAX = 8192
+
+
+def _align_chunk(num_slots: int, e_pad: int) -> tuple[int, bool, int]:
+    """(slots per step, one step in registers, warps) of the one-program align kernel.
+    Calls whose [slots, experts] one-hot fits in registers take one step without atomics
+    (gpt-oss-120b up to 64 slots, gpt-oss-20b up to 256); larger ones up to 4096 slots a step with 16 warps,
+    where each step waits a round trip for its atomics (16384 slots in 1024-slot steps
+    took 54 µs)."""
+    chunk = max(16, triton.next_power_of_2(num_slots))
+    if chunk * e_pad <= ONE_HOT_MAX:
+        return chunk, True, max(4, min(16, chunk * e_pad // 2048))
+    chunk = min(4096, max(128, chunk))
+    return chunk, False, max(4, min(16, chunk // 256))
 
 
 def _global_experts(num_local: int, expert_map: torch.Tensor | None) -> int:
@@ -122,12 +133,12 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
                       device=ids.device)
     sorted_slots, block_expert, block_rows, counts, row_start, rank = buf.split(
         [blocks * block_m, blocks, blocks, e_pad, e_pad, num_slots])
-    chunk, warps = _align_chunk(num_slots)
+    chunk, one_step, warps = _align_chunk(num_slots, e_pad)
     align_kernel[(1,)](
         ids, _map_argument(ids, expert_map), sorted_slots, block_expert, block_rows,
         counts, rank, row_start, num_slots, blocks, num_experts,
         NUM_LOCAL=num_local, E_PAD=e_pad, HAS_MAP=expert_map is not None, BLOCK_M=block_m,
-        CHUNK=chunk, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl, num_warps=warps,
+        CHUNK=chunk, ONE_STEP=one_step, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl, num_warps=warps,
         launch_pdl=pdl,
     )
     return sorted_slots, block_expert, block_rows
