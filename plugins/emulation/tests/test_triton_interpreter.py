@@ -91,7 +91,7 @@ def test_tiles_orientations_and_split_k(fmt: str, swap: bool, split_k: int,
                                         max_registers: int | None) -> None:
     """Both operand orders and split K (3 slices of 2 K tiles: one slice is empty), with
     K and N spanning several tiles (BLOCK_K 64 over H=128, BLOCK_N 32 over I=128), for 9
-    tokens (aligned blocks) and for one (a block per slot, no align launch). The
+    tokens (aligned blocks) and for one (slot-led blocks, no align launch). The
     interpreter runs the portable decode; the inline-PTX one is checked on the GPU
     (test_triton_gpu.py). A register limit (PTX's ``.maxnreg``, applied with that
     decode only) leaves the portable path as it is."""
@@ -136,21 +136,31 @@ def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | No
     assert order == sorted(order)
 
 
+@pytest.mark.parametrize(("slots", "local_experts", "expected"), [
+    (4, 128, True), (8, 8, True), (32, 128, True), (16, 64, True),  # few slots per expert
+    (64, 128, False), (32, 32, False), (16, 32, False),  # experts repeat: align launch
+    (8, 4, False),  # a block per slot would outgrow the align step's grid
+    (256, 2048, False),  # more ids than a program scans
+])
+def test_slot_led_only_while_slots_rarely_share_an_expert(slots: int, local_experts: int,
+                                                          expected: bool) -> None:
+    assert launch.slot_led(slots, local_experts, 16) is expected
+
+
 @pytest.mark.parametrize("mapped", [False, True], ids=["all-local", "map"])
 def test_slot_led_blocks_match_the_align_step(mapped: bool,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Small calls have no align launch: each GEMM program finds the block its slot leads
     from the ids. Caller-made ids repeat one expert, also within a token, so that it gets
     more than BLOCK_M rows (blocks led by its slots of rank 0 and 16), and one id per
-    token is out of range or, with the map, on another rank. The output equals the align
-    step's bit for bit (rows in slot order either way only change which program computes
-    a row) and matches the reference."""
-    emap = tuple(i // 2 if i % 2 == 0 else -1 for i in range(32)) if mapped else None
-    config = _BASE.replace(num_experts=32, top_k=4, hidden_size=64, intermediate_size=64,
+    token is out of range (every other token). The output equals the align step's bit
+    for bit (the two only differ in which program computes a row) and matches the
+    reference."""
+    emap = tuple(i // 2 if i % 2 == 0 else -1 for i in range(128)) if mapped else None
+    config = _BASE.replace(num_experts=128, top_k=4, hidden_size=64, intermediate_size=64,
                            expert_map=emap)
-    m = 4 if mapped else 8  # 16 or 32 slots: no more blocks than the align step's bound
-    num_local = 16 if mapped else 32
-    assert launch.slot_led(m * config.top_k, num_local, INTERPRETER_TILES.block_m)
+    m = 4 if mapped else 8  # 16 or 32 slots: a quarter of a slot per local expert
+    assert launch.slot_led(m * config.top_k, 64 if mapped else 128, INTERPRETER_TILES.block_m)
     seed = fresh_seed()
     weights = random_weights(config, seed=seed)
     converted = hooks.convert_weights(config, weights, CPU)
@@ -158,7 +168,7 @@ def test_slot_led_blocks_match_the_align_step(mapped: bool,
     topk_weights, topk_ids = route(logits, config)
     tokens = torch.arange(m)
     topk_ids[:, :3] = 6  # expert 6 (local 3 with the map): 3 * m rows, repeated per token
-    topk_ids[:, 3] = torch.where(tokens % 2 == 0, 40, (7 * tokens + 1) % 32).to(torch.int32)
+    topk_ids[:, 3] = torch.where(tokens % 2 == 0, 200, (7 * tokens + 1) % 128).to(torch.int32)
     emap_t = None if emap is None else torch.tensor(emap, dtype=torch.int32)
     got = moe_forward(x, topk_weights, topk_ids, emap_t, converted)
     monkeypatch.setattr(launch, "SLOT_LED_MAX_SLOTS", 0)

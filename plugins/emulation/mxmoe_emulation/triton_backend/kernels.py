@@ -9,9 +9,9 @@ split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes
    blocks of ``BLOCK_M`` rows.
    It writes ``sorted_slots[row]`` (the slot at each padded row), and per block its
    local expert and its number of real rows (0 for the unused tail of the worst-case
-   grid), so the GEMMs need no sentinel rows and no host-known counts. Slots get
-   their row inside an expert from an atomic counter, so the order of rows within an
-   expert may differ between runs; no result depends on it (each output row of a
+   grid), so the GEMMs need no sentinel rows and no host-known counts. In large calls
+   slots get their row inside an expert from an atomic counter, so the order of rows
+   within an expert may differ between runs; no result depends on it (each output row of a
    matrix product depends only on its own input row), so outputs are bitwise
    reproducible.
 2. :func:`moe_gemm_kernel` as GEMM1: gathers each block's token rows, multiplies them

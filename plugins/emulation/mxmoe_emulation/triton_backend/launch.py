@@ -68,19 +68,23 @@ def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> in
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
 
 
-#: Most (token, k) slots for which the GEMM programs group the slots themselves
+#: Most (token, k) slots for which the GEMM programs may group the slots themselves
 #: (:func:`.kernels._slot_led_block`) instead of an align launch; each program then scans
-#: this many ids at most (benchmarks/triton_notes.md, v17).
+#: this many ids at most.
 SLOT_LED_MAX_SLOTS = 128
 
 
 def slot_led(num_slots: int, num_local_experts: int, block_m: int) -> bool:
-    """Whether a call's blocks are led by its slots (no align launch): a small call whose
-    grid of one block per slot is no larger than the align step's worst case, so the
-    blocks that lead nothing (a repeated expert's slots) cost no more programs than the
-    align step's unused ones."""
+    """Whether a call's blocks are led by its slots (no align launch). Every GEMM program
+    then pays a scan over the ids before its first load, which beats the align launch
+    only while nearly every slot has an expert to itself: up to 8 slots, or up to a
+    quarter of a slot per local expert (benchmarks/triton_notes.md, v17: gpt-oss-120b
+    −5 % at 8 slots, −1.6 % at 32; +4 % at 64; gpt-oss-20b +4 % at 32 slots on 32
+    experts). The grid (a block per slot) is never larger than the align step's bound."""
     return (num_slots <= SLOT_LED_MAX_SLOTS
+            and (num_slots <= 8 or 4 * num_slots <= num_local_experts)
             and num_slots <= num_blocks_bound(num_slots, num_local_experts, block_m))
+
 
 #: Environment switch for programmatic dependent launch on Hopper and later ("0" or "1").
 PDL_ENV = "MXMOE_TRITON_PDL"
