@@ -1,7 +1,7 @@
 """The Triton kernels of the ``triton`` backend (imported only once Triton is known to work).
 
-One layer is four launches, all on the device, none waiting for the host (five with
-split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes:
+One layer is at most four launches, all on the device, none waiting for the host (five
+with split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes:
 
 1. :func:`align_kernel` (one program; skipped for small calls, where each GEMM program
    finds its block from the ids itself, see :func:`_slot_led_block`): counts the tokens
@@ -158,6 +158,24 @@ def _local_experts(ids_ptr, map_ptr, slots, mask, num_experts, HAS_MAP: tl.const
 
 
 @triton.jit
+def _chunk_experts(ids_ptr, map_ptr, start, num_slots, num_experts, HAS_MAP: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """(slots, local expert of each or -1) of the CHUNK slots from ``start`` on."""
+    slots = start + tl.arange(0, CHUNK)
+    return slots, _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts,
+                                 HAS_MAP)
+
+
+@triton.jit
+def _expert_blocks(counts, BLOCK_M: tl.constexpr):
+    """(block_end, block_start) per expert: where its blocks of BLOCK_M rows end and start
+    when the experts' blocks follow each other in expert order."""
+    blocks = (counts + BLOCK_M - 1) // BLOCK_M
+    block_end = tl.cumsum(blocks, axis=0)
+    return block_end, block_end - blocks
+
+
+@triton.jit
 def _slot_led_block(ids_ptr, map_ptr, slot, num_slots, num_experts, HAS_MAP: tl.constexpr,
                     BLOCK_M: tl.constexpr, SLOTS_PAD: tl.constexpr):
     """The block that slot ``slot`` leads, computed in registers from the ids alone (small
@@ -203,13 +221,11 @@ def align_kernel(
     _release_dependents(PDL)
     experts = tl.arange(0, E_PAD)
     if ONE_STEP:
-        slots = tl.arange(0, CHUNK)
-        local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts, HAS_MAP)
+        slots, local = _chunk_experts(ids_ptr, map_ptr, 0, num_slots, num_experts, HAS_MAP,
+                                      CHUNK)
         onehot = (local[:, None] == experts[None, :]).to(tl.int32)
         counts = tl.sum(onehot, axis=0)
-        blocks = (counts + BLOCK_M - 1) // BLOCK_M
-        block_end = tl.cumsum(blocks, axis=0)
-        block_start = block_end - blocks
+        block_end, block_start = _expert_blocks(counts, BLOCK_M)
         # a slot's rank: how many slots of its expert come before it (column cumsum)
         rank = tl.sum(onehot * tl.cumsum(onehot, axis=0), axis=1) - 1
         row = tl.sum(onehot * (block_start * BLOCK_M)[None, :], axis=1) + rank
@@ -218,24 +234,20 @@ def align_kernel(
         tl.store(counts_ptr + experts, tl.zeros([E_PAD], dtype=tl.int32))
         tl.debug_barrier()
         for start in range(0, num_slots, CHUNK):
-            slots = start + tl.arange(0, CHUNK)
-            local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts,
-                                   HAS_MAP)
+            slots, local = _chunk_experts(ids_ptr, map_ptr, start, num_slots, num_experts,
+                                          HAS_MAP, CHUNK)
             valid = local >= 0
             rank = tl.atomic_add(counts_ptr + local, tl.full([CHUNK], 1, tl.int32), mask=valid,
                                  sem="relaxed")
             tl.store(rank_ptr + slots, rank, mask=valid)
         tl.debug_barrier()
         counts = tl.load(counts_ptr + experts, volatile=True)
-        blocks = (counts + BLOCK_M - 1) // BLOCK_M
-        block_end = tl.cumsum(blocks, axis=0)
-        block_start = block_end - blocks
+        block_end, block_start = _expert_blocks(counts, BLOCK_M)
         tl.store(row_start_ptr + experts, block_start * BLOCK_M)
         tl.debug_barrier()
         for start in range(0, num_slots, CHUNK):
-            slots = start + tl.arange(0, CHUNK)
-            local = _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts,
-                                   HAS_MAP)
+            slots, local = _chunk_experts(ids_ptr, map_ptr, start, num_slots, num_experts,
+                                          HAS_MAP, CHUNK)
             valid = local >= 0
             row = (tl.load(row_start_ptr + local, mask=valid, other=0)
                    + tl.load(rank_ptr + slots, mask=valid, other=0))
@@ -530,7 +542,8 @@ def moe_gemm_kernel(
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of

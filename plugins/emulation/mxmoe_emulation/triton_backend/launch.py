@@ -42,9 +42,9 @@ ONE_HOT_MAX = 8192
 def _align_chunk(num_slots: int, e_pad: int) -> tuple[int, bool, int]:
     """(slots per step, one step in registers, warps) of the one-program align kernel.
     Calls whose [slots, experts] one-hot fits in registers take one step without atomics
-    (gpt-oss-120b up to 64 slots, gpt-oss-20b up to 256); larger ones up to 4096 slots a step with 16 warps,
-    where each step waits a round trip for its atomics (16384 slots in 1024-slot steps
-    took 54 µs)."""
+    (gpt-oss-120b up to 64 slots, gpt-oss-20b up to 256); larger ones up to 4096 slots a
+    step with 16 warps, where each step waits a round trip for its atomics (16384 slots
+    in 1024-slot steps took 54 µs)."""
     chunk = max(16, triton.next_power_of_2(num_slots))
     if chunk * e_pad <= ONE_HOT_MAX:
         return chunk, True, max(4, min(16, chunk * e_pad // 2048))
@@ -142,8 +142,8 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
         ids, _map_argument(ids, expert_map), sorted_slots, block_expert, block_rows,
         counts, rank, row_start, num_slots, blocks, num_experts,
         NUM_LOCAL=num_local, E_PAD=e_pad, HAS_MAP=expert_map is not None, BLOCK_M=block_m,
-        CHUNK=chunk, ONE_STEP=one_step, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl, num_warps=warps,
-        launch_pdl=pdl,
+        CHUNK=chunk, ONE_STEP=one_step, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl,
+        num_warps=warps, launch_pdl=pdl,
     )
     return sorted_slots, block_expert, block_rows
 
