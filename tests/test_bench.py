@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -154,7 +155,6 @@ def test_time_calls_rotates_inputs_and_respects_the_budget():
     assert set(seen) == set(range(7))  # warm-ups, the estimate and runs 0..6
 
     def slow(_):
-        import time
         time.sleep(0.02)
 
     timing = time_calls(slow, CPU, warmup=50, repeats=50, budget_s=0.01)
@@ -164,8 +164,6 @@ def test_time_calls_rotates_inputs_and_respects_the_budget():
 
 
 def test_warm_up_runs_for_its_seconds_and_stays_within_a_fifth_of_the_budget():
-    import time
-
     stamps = []
 
     def sleepy(_):

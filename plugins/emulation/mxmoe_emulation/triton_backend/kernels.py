@@ -189,13 +189,14 @@ def _slot_led_block(ids_ptr, map_ptr, slot, num_slots, num_experts, HAS_MAP: tl.
     local = _local_experts(ids_ptr, map_ptr, offs, offs < num_slots, num_experts, HAS_MAP)
     own = tl.sum(tl.where(offs == slot, local, 0), axis=0)
     same = (local == own) & (own >= 0)
-    rank = tl.cumsum(same.to(tl.int32), axis=0) - 1
+    members = same.to(tl.int32)
+    rank = tl.cumsum(members, axis=0) - 1
     first = tl.sum(tl.where(offs == slot, rank, 0), axis=0)
     leads = (own >= 0) & (first % BLOCK_M == 0)
     want = first + tl.arange(0, BLOCK_M)
     pick = same[None, :] & (rank[None, :] == want[:, None])
     slots = tl.sum(tl.where(pick, offs[None, :], 0), axis=1)
-    return own, leads, slots, want < tl.sum(same.to(tl.int32), axis=0)
+    return own, leads, slots, want < tl.sum(members, axis=0)
 
 
 @triton.jit
