@@ -117,17 +117,6 @@ VARIANTS: dict[str, Tiles | None] = {
     "b32-64x128-w4-s3-k2": Tiles(32, 64, 64, 128, 4, 3, split_k=2),
     "b64-128x64-w8-s3-k2": Tiles(64, 128, 128, 64, 8, 3, split_k=2),
     "b128-64x128-w4-s3-k2": Tiles(128, 64, 64, 128, 4, 3, split_k=2),
-    # v18: the Gluon prefill kernel (gluon_kernels.py), 16 weight rows per warp
-    "gl-b64-w4-s4": Tiles(64, 64, 64, 64, 4, 4, engine="gluon"),
-    "gl-b64-w8-s4": Tiles(64, 128, 128, 64, 8, 4, engine="gluon"),
-    "gl-b128-w4-s4": Tiles(128, 64, 64, 64, 4, 4, engine="gluon"),
-    "gl-b128-w8-s4": Tiles(128, 128, 128, 64, 8, 4, engine="gluon"),
-    "gl-b64-w4-s6": Tiles(64, 64, 64, 64, 4, 6, engine="gluon"),
-    "gl-b32-w4-s4": Tiles(32, 64, 64, 64, 4, 4, engine="gluon"),
-    "gl-b16-w4-s4": Tiles(16, 64, 64, 64, 4, 4, engine="gluon"),
-    "gl-b128-w8-s3": Tiles(128, 128, 128, 64, 8, 3, engine="gluon"),
-    "gl-b16-w8-s4": Tiles(16, 128, 128, 64, 8, 4, engine="gluon"),
-    "gl-b16-w4-s3": Tiles(16, 64, 64, 64, 4, 3, engine="gluon"),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

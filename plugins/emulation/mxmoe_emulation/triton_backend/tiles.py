@@ -36,9 +36,7 @@ class Tiles:
     capping, a limit changes ptxas's allocation below it: without one ptxas trades
     registers for occupancy on its own, with a generous one it does not. A tuning knob
     for sweeps (benchmarks/triton_notes.md, v13b): the current table measured best
-    without it. ``engine``: "triton" (:mod:`.kernels`) or "gluon" (:mod:`.gluon_kernels`,
-    Hopper prefill tiles: 64-deep steps, 16 weight rows per warp, no K split; calls it
-    cannot serve run the Triton kernel with the same tiles).
+    without it.
     """
 
     block_m: int
@@ -51,7 +49,6 @@ class Tiles:
     swap: bool = True
     split_k: int = 1
     max_registers: int | None = None
-    engine: str = "triton"
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -66,24 +63,6 @@ class Tiles:
             raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
-        if self.engine not in ("triton", "gluon"):
-            raise ValueError(f"engine: expected 'triton' or 'gluon', got {self.engine!r}")
-        if self.engine == "gluon":
-            self._check_gluon()
-
-    def _check_gluon(self) -> None:
-        """The shapes the Gluon kernel is written for."""
-        if self.num_warps not in (4, 8):
-            raise ValueError(f"num_warps: the gluon engine takes 4 or 8, got {self.num_warps}")
-        rows = 16 * self.num_warps
-        if (self.block_n1, self.block_n2) != (rows, rows):
-            raise ValueError(f"block_n1, block_n2: the gluon engine takes 16 rows per warp "
-                             f"({rows}), got {self.block_n1}, {self.block_n2}")
-        if self.block_k != 64 or self.num_stages < 3 or self.split_k != 1:
-            raise ValueError("the gluon engine takes block_k=64, num_stages >= 3 and split_k=1, "
-                             f"got {self.block_k}, {self.num_stages}, {self.split_k}")
-        if not self.swap or self.decode != "asm" or self.block_m > 256:
-            raise ValueError("the gluon engine takes swap=True, decode='asm' and block_m <= 256")
 
 
 # (largest M or None for any, largest mean rows per expert or None for any, tiles), in
