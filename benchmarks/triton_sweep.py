@@ -117,6 +117,13 @@ VARIANTS: dict[str, Tiles | None] = {
     "b32-64x128-w4-s3-k2": Tiles(32, 64, 64, 128, 4, 3, split_k=2),
     "b64-128x64-w8-s3-k2": Tiles(64, 128, 128, 64, 8, 3, split_k=2),
     "b128-64x128-w4-s3-k2": Tiles(128, 64, 64, 128, 4, 3, split_k=2),
+    # v19: an expert's last, nearly empty block as a narrower tile ("-tNN": tail_m)
+    "b64-128x64-w8-t16": Tiles(64, 128, 128, 64, 8, 3, tail_m=16),
+    "b64-128x64-w8-t32": Tiles(64, 128, 128, 64, 8, 3, tail_m=32),
+    "b128-128x64-w8-t16": Tiles(128, 128, 128, 64, 8, 3, tail_m=16),
+    "b128-128x64-w8-t32": Tiles(128, 128, 128, 64, 8, 3, tail_m=32),
+    "b128-128x64-w8-t64": Tiles(128, 128, 128, 64, 8, 3, tail_m=64),
+    "b32-64x128-w4-s3-t16": Tiles(32, 64, 64, 128, 4, 3, tail_m=16),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

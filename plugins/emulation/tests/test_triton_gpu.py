@@ -48,6 +48,7 @@ class TestTritonConformanceGPU(BackendConformance):
     Tiles(16, 64, 64, 128, 4, 3, split_k=3),
     Tiles(32, 64, 64, 128, 4, 3),
     Tiles(128, 64, 64, 128, 4, 2), Tiles(128, 128, 128, 64, 8, 3), Tiles(64, 128, 128, 64, 8, 3),
+    Tiles(64, 128, 128, 64, 8, 3, tail_m=16), Tiles(128, 128, 128, 64, 8, 3, tail_m=32),
     Tiles(128, 64, 64, 64, 8, 3, swap=False),
 ], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -109,6 +109,32 @@ def test_tiles_orientations_and_split_k(fmt: str, swap: bool, split_k: int,
         assert err <= tolerance(config), f"M={m} seed={seed}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8"])
+def test_tail_blocks_match_full_blocks(fmt: str) -> None:
+    """With ``tail_m``, blocks of at most tail_m rows run as narrower tiles. Caller-made ids
+    give one expert 40 rows (a full 32-row block and an 8-row tail), one 20 rows (one
+    block above the tail width: the full path), and two 15 and 5 rows (tails). Every
+    row's product is the same computation either way, so the output equals the
+    untailed run bit for bit, and it matches the reference."""
+    config, seed = _BASE.replace(weight_format=fmt), fresh_seed()
+    weights = random_weights(config, seed=seed)
+    converted = hooks.convert_weights(config, weights, CPU)
+    m = 40
+    x, logits = inputs(config, m, seed)
+    topk_weights, _ = route(logits, config)
+    tokens = torch.arange(m)
+    topk_ids = torch.stack((torch.full((m,), 1), torch.where(
+        tokens < 20, 2, torch.where(tokens < 35, 3, 5))), dim=1).to(torch.int32)
+    full = dataclasses.replace(INTERPRETER_TILES, block_m=32, block_n1=32, block_n2=32,
+                               block_k=64)
+    tailed = dataclasses.replace(full, tail_m=16)
+    got = moe_forward(x, topk_weights, topk_ids, None, converted, tailed)
+    torch.testing.assert_close(got, moe_forward(x, topk_weights, topk_ids, None, converted, full),
+                               rtol=0, atol=0)
+    err = relative_error(got, reference_experts(config, weights, x, topk_weights, topk_ids))
+    assert err <= tolerance(config), f"seed={seed}: relative error {err:.2e}"
+
+
 @pytest.mark.parametrize("num_slots", [150, 9000])  # one step, several 4096-slot steps
 @pytest.mark.parametrize("expert_map", [None, (2, -1, 0, -1, 1, -1)], ids=["all-local", "map"])
 def test_alignment_groups_every_local_slot_once(expert_map: tuple[int, ...] | None,

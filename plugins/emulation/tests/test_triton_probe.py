@@ -176,6 +176,9 @@ def test_pdl_switch_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"split_k": 0}, r"split_k: expected 1\.\.16"),
     ({"max_registers": 16}, r"max_registers: expected None or 32\.\.255"),
     ({"decode": "lut"}, r"decode: expected 'asm' or 'manual'"),
+    ({"tail_m": 8}, r"tail_m: expected 0 or a power of two >= 16 below block_m \(16\), got 8"),
+    ({"tail_m": 16}, r"tail_m: expected 0 or a power of two >= 16 below block_m"),
+    ({"block_m": 64, "tail_m": 24}, r"tail_m: expected .* got 24"),
 ])
 def test_tiles_reject_bad_fields_by_name(change: dict, message: str) -> None:
     fields = {"block_m": 16, "block_n1": 64, "block_n2": 64, "block_k": 128,

@@ -530,63 +530,29 @@ def _activate(gate, up, alpha, beta, limit, ACTIVATION: tl.constexpr, HAS_LIMIT:
 
 
 @triton.jit
-def moe_gemm_kernel(
-    a_ptr, stride_a,
-    w_ptr, stride_we, stride_wn,
-    s_ptr, stride_se, stride_sn, scale_cols,
-    bias_ptr, stride_be,
-    out_ptr, stride_out, stride_split,
-    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr, route_w_ptr,
-    N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
+def _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M: tl.constexpr, M: tl.constexpr):
+    """(slots [M], which are real rows) of align-table block ``blk``: its first M of
+    BLOCK_M entries, ``rows`` of them real."""
+    offs = tl.arange(0, M)
+    m_mask = offs < rows
+    return tl.load(sorted_slots_ptr + blk * BLOCK_M + offs, mask=m_mask, other=0), m_mask
+
+
+@triton.jit
+def _block_product(
+    a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn, scale_cols,
+    bias_ptr, stride_be, out_ptr, stride_out, stride_split, route_w_ptr,
+    N, K, acc_scale, alpha, beta, limit, split, tile, n_tiles, expert, slots, m_mask,
     TOP_K: tl.constexpr, GATED: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
-    SPLIT_K slices of K) tile.
-
-    GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
-    tokens; gate rows ``n`` and up rows ``N + n`` of ``w13`` (halves, see
-    layout.py). GEMM2: A rows are the block's activation rows. Both write the rows of
-    their slots: GEMM1 the activation (with SPLIT_K > 1: float32 partial gate and up
-    sums [split, slot, 2N] for :func:`activation_kernel`), GEMM2 bias + router-weighted
-    results (with SPLIT_K > 1: float32 partials [split, slot, N], bias in split 0).
-    ``EPB`` is 2 for MXFP4 (fragment words, ``w_ptr`` as 32-bit words, ``stride_wn`` in
-    words; N and K multiples of 16 and 64) and 1 for MXFP8 (bytes). The products are
-    multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
-    compile-time constant: a run-time bias makes Triton route the scales through shared
-    memory; real layers all share the value 126, so it compiles once). With
-    ``SLOTS_PAD`` > 0 (a small call: at most that many slots) there is no align step:
-    block ``b`` is the one slot ``b`` leads (:func:`_slot_led_block`), from ``ids_ptr``
-    (and ``map_ptr`` with ``HAS_MAP``); the three block-table pointers are unused.
-    Otherwise ``ids_ptr``/``map_ptr`` are unused and the align step's table gives the
-    blocks.
-    """
-    _wait_for_inputs(PDL)
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N, BLOCK_N)
-    split = pid % SPLIT_K
-    tile = pid // SPLIT_K
-    blk = tile // n_tiles
-    offs_m = tl.arange(0, BLOCK_M)
-    if SLOTS_PAD > 0:
-        expert, leads, slots, m_mask = _slot_led_block(ids_ptr, map_ptr, blk, num_slots,
-                                                       num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD)
-        if not leads:
-            return
-        expert = expert.to(tl.int64)
-    else:
-        rows = tl.load(block_rows_ptr + blk)
-        if rows == 0:
-            return
-        expert = tl.load(block_expert_ptr + blk).to(tl.int64)
-        m_mask = offs_m < rows
-        slots = tl.load(sorted_slots_ptr + blk * BLOCK_M + offs_m, mask=m_mask, other=0)
+    """The body of :func:`moe_gemm_kernel` for one block of expert ``expert`` whose
+    ``slots`` [BLOCK_M] are real rows where ``m_mask``: the K loop and the epilogue."""
     if GATHER_A:
         a_rows = (slots // TOP_K).to(tl.int64)
     else:
@@ -679,6 +645,88 @@ def moe_gemm_kernel(
             if WEIGHT_ON_OUTPUT:
                 result = result * _along_m(route_w, SWAP)
         tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
+
+
+
+
+@triton.jit
+def moe_gemm_kernel(
+    a_ptr, stride_a,
+    w_ptr, stride_we, stride_wn,
+    s_ptr, stride_se, stride_sn, scale_cols,
+    bias_ptr, stride_be,
+    out_ptr, stride_out, stride_split,
+    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr, route_w_ptr,
+    N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
+    TOP_K: tl.constexpr, GATED: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
+    EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
+    INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr, TAIL_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
+    SPLIT_K slices of K) tile.
+
+    GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
+    tokens; gate rows ``n`` and up rows ``N + n`` of ``w13`` (halves, see
+    layout.py). GEMM2: A rows are the block's activation rows. Both write the rows of
+    their slots: GEMM1 the activation (with SPLIT_K > 1: float32 partial gate and up
+    sums [split, slot, 2N] for :func:`activation_kernel`), GEMM2 bias + router-weighted
+    results (with SPLIT_K > 1: float32 partials [split, slot, N], bias in split 0).
+    ``EPB`` is 2 for MXFP4 (fragment words, ``w_ptr`` as 32-bit words, ``stride_wn`` in
+    words; N and K multiples of 16 and 64) and 1 for MXFP8 (bytes). The products are
+    multiplied by ``acc_scale``, undoing the bf16 PTX decode's ``SCALE_BIAS`` (a
+    compile-time constant: a run-time bias makes Triton route the scales through shared
+    memory; real layers all share the value 126, so it compiles once). With
+    ``SLOTS_PAD`` > 0 (a small call: at most that many slots) there is no align step:
+    block ``b`` is the one slot ``b`` leads (:func:`_slot_led_block`), from ``ids_ptr``
+    (and ``map_ptr`` with ``HAS_MAP``); the three block-table pointers are unused.
+    Otherwise ``ids_ptr``/``map_ptr`` are unused and the align step's table gives the
+    blocks. With ``TAIL_M`` > 0, a table block of at most TAIL_M rows is computed as a
+    TAIL_M-row tile (:func:`_block_product` is compiled for both widths), so an expert's
+    nearly empty last block does not pay BLOCK_M rows of MMA.
+    """
+    _wait_for_inputs(PDL)
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    split = pid % SPLIT_K
+    tile = pid // SPLIT_K
+    blk = tile // n_tiles
+    if SLOTS_PAD > 0:
+        expert, leads, slots, m_mask = _slot_led_block(ids_ptr, map_ptr, blk, num_slots,
+                                                       num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD)
+        if not leads:
+            return
+        rows = BLOCK_M  # a slot-led block takes the full path
+        expert = expert.to(tl.int64)
+    else:
+        rows = tl.load(block_rows_ptr + blk)
+        if rows == 0:
+            return
+        expert = tl.load(block_expert_ptr + blk).to(tl.int64)
+        slots, m_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, BLOCK_M)
+    if TAIL_M > 0 and rows <= TAIL_M:
+        # a block of at most TAIL_M rows (an expert's last): a narrower MMA, no padding
+        tail_slots, tail_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, TAIL_M)
+        _block_product(
+            a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
+            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split, route_w_ptr,
+            N, K, acc_scale, alpha, beta, limit, split, tile, n_tiles, expert, tail_slots,
+            tail_mask,
+            TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
+            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, TAIL_M, BLOCK_N,
+            BLOCK_K, PDL)
+    else:
+        _block_product(
+            a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
+            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split, route_w_ptr,
+            N, K, acc_scale, alpha, beta, limit, split, tile, n_tiles, expert, slots, m_mask,
+            TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
+            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, BLOCK_M, BLOCK_N,
+            BLOCK_K, PDL)
 
 
 @triton.jit

@@ -217,7 +217,7 @@ class _Launcher:
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
             EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
-            SLOTS_PAD=self.slots_pad,
+            SLOTS_PAD=self.slots_pad, TAIL_M=tiles.tail_m,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             launch_pdl=self.pdl, **self.register_limit,

@@ -36,7 +36,10 @@ class Tiles:
     capping, a limit changes ptxas's allocation below it: without one ptxas trades
     registers for occupancy on its own, with a generous one it does not. A tuning knob
     for sweeps (benchmarks/triton_notes.md, v13b): the current table measured best
-    without it.
+    without it. ``tail_m``: blocks with at most this many rows (an expert's last, partly
+    filled block) multiply as a narrower tile of ``tail_m`` token rows instead of
+    ``block_m``, so they pay no MMA on padding rows (0: off; a power of two >= 16 below
+    ``block_m``).
     """
 
     block_m: int
@@ -49,6 +52,7 @@ class Tiles:
     swap: bool = True
     split_k: int = 1
     max_registers: int | None = None
+    tail_m: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -61,6 +65,10 @@ class Tiles:
             raise ValueError(f"split_k: expected 1..16, got {self.split_k}")
         if self.max_registers is not None and not 32 <= self.max_registers <= 255:
             raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
+        if self.tail_m and (self.tail_m < 16 or self.tail_m & (self.tail_m - 1)
+                            or self.tail_m >= self.block_m):
+            raise ValueError(f"tail_m: expected 0 or a power of two >= 16 below block_m "
+                             f"({self.block_m}), got {self.tail_m}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
@@ -86,11 +94,15 @@ _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
     (1024, 16.0, Tiles(32, 64, 64, 128, 4, 3)),
     # up to 128 rows per expert: 64 tokens by 128 weight rows, eight warps (M = 1024 0.98
     # vs 1.02 for 32-token blocks, 2048 1.41 vs 1.61 for four warps, 4096 2.42 vs 2.54
-    # for 128-token blocks and 2.67 for the previous table's 128 x 64 four-warp tile)
-    (None, 128.0, Tiles(64, 128, 128, 64, 8, 3)),
+    # for 128-token blocks and 2.67 for the previous table's 128 x 64 four-warp tile);
+    # an expert's last block of <= 32 rows as a 32-token tile (v19: M = 1024 0.923 vs
+    # 0.972-0.985 untailed, 2048 1.381 vs 1.435-1.449, 4096 2.362 vs 2.439-2.446; a
+    # 16-row tail 0.980, 1.367, 2.392)
+    (None, 128.0, Tiles(64, 128, 128, 64, 8, 3, tail_m=32)),
     # more rows per expert: 128-token blocks (M = 16384 7.80 vs 8.50 for 64-token ones
-    # and 8.33 for the previous table's tile)
-    (None, None, Tiles(128, 128, 128, 64, 8, 3)),
+    # and 8.33 for the previous table's tile), the last block of <= 16 rows as a 16-token
+    # tile (v19: 7.250 vs 7.766-7.854 untailed, 7.450 with a 32-row tail)
+    (None, None, Tiles(128, 128, 128, 64, 8, 3, tail_m=16)),
 )
 
 #: Tiles for TRITON_INTERPRET=1, where every program and every nested jit call is
