@@ -18,7 +18,8 @@ with split K, see :mod:`.launch`), after :func:`route_kernel` when the backend r
    by the expert's gate and up weight tiles (MX bytes dequantized in registers),
    adds the biases and applies the activation in the epilogue, writing each slot's
    row of the intermediate activation (with split K: float32 partial sums, finished
-   by :func:`activation_kernel`).
+   by :func:`activation_kernel`). A block with few rows (an expert's last) may run as
+   a narrower tile (``TAIL_M``), so it pays no MMA on padding rows.
 3. :func:`moe_gemm_kernel` as GEMM2: the activation rows times ``w2``, plus bias,
    times the router weight, written to the slot's own row.
 4. :func:`sum_slots_kernel`: each token's output is the sum of its ``top_k`` slot
@@ -645,8 +646,6 @@ def _block_product(
             if WEIGHT_ON_OUTPUT:
                 result = result * _along_m(route_w, SWAP)
         tl.store(out_ptrs, _round(result, out_ptr.dtype.element_ty, INTERPRET), mask=out_mask)
-
-
 
 
 @triton.jit
