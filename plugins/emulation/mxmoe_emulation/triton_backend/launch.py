@@ -32,6 +32,11 @@ __all__ = ["PDL_ENV", "SLOT_LED_MAX_SLOTS", "moe_forward", "num_blocks_bound", "
 
 _REDUCE_BLOCK = 1024
 
+#: Compiler options of every launch. Floating-point contraction (a * b + c as one FMA) is
+#: asked for explicitly: it is Triton 3.6's default, under which the kernels were measured
+#: and validated, and Triton 3.9 warns that its default changes in 3.10.
+_COMPILER = {"enable_fp_fusion": True}
+
 
 #: Largest [slots, experts] one-hot the one-step align keeps in registers (its column
 #: cumsum goes through shared memory; 64 x 128 compiles to 168 registers with 4 warps,
@@ -115,7 +120,7 @@ def route_topk(router_logits: torch.Tensor, method: str,
         route_kernel[(triton.cdiv(m, block_t),)](
             router_logits, router_logits.stride(0), weights, ids, m, e, TOP_K=top_k,
             K_PAD=triton.next_power_of_2(top_k), METHOD=method, E_PAD=e_pad, BLOCK_T=block_t,
-            PDL=pdl, num_warps=4, launch_pdl=pdl,
+            PDL=pdl, num_warps=4, launch_pdl=pdl, **_COMPILER,
         )
     return weights, ids
 
@@ -143,7 +148,7 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
         counts, rank, row_start, num_slots, blocks, num_experts,
         NUM_LOCAL=num_local, E_PAD=e_pad, HAS_MAP=expert_map is not None, BLOCK_M=block_m,
         CHUNK=chunk, ONE_STEP=one_step, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl,
-        num_warps=warps, launch_pdl=pdl,
+        num_warps=warps, launch_pdl=pdl, **_COMPILER,
     )
     return sorted_slots, block_expert, block_rows
 
@@ -220,7 +225,7 @@ class _Launcher:
             SLOTS_PAD=self.slots_pad, TAIL_M=tiles.tail_m,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-            launch_pdl=self.pdl, **self.register_limit,
+            launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
         )
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:
@@ -236,7 +241,7 @@ class _Launcher:
             SPLIT_K=split, ACTIVATION=math.activation,
             HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
             HAS_MAP=self.expert_map is not None, INTERPRET=self.interpret, BLOCK=_REDUCE_BLOCK,
-            PDL=self.pdl, num_warps=4, launch_pdl=self.pdl,
+            PDL=self.pdl, num_warps=4, launch_pdl=self.pdl, **_COMPILER,
         )
 
     def sum_slots(self, slot_out: torch.Tensor, out: torch.Tensor) -> None:
@@ -247,7 +252,7 @@ class _Launcher:
             hidden, slots, self.num_experts, TOP_K=self.top_k, SPLIT_K=split,
             HAS_MAP=self.expert_map is not None,
             BLOCK_H=_REDUCE_BLOCK, INTERPRET=self.interpret, PDL=self.pdl, num_warps=4,
-            launch_pdl=self.pdl,
+            launch_pdl=self.pdl, **_COMPILER,
         )
 
 
