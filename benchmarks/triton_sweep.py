@@ -124,15 +124,6 @@ VARIANTS: dict[str, Tiles | None] = {
     "b128-128x64-w8-t32": Tiles(128, 128, 128, 64, 8, 3, tail_m=32),
     "b128-128x64-w8-t64": Tiles(128, 128, 128, 64, 8, 3, tail_m=64),
     "b32-64x128-w4-s3-t16": Tiles(32, 64, 64, 128, 4, 3, tail_m=16),
-    # v20: the warp-specialized Gluon prefill kernel (gluon_kernels.py), 16 weight rows
-    # per consumer warp, "-sN" stages
-    "ws-b128-w8-s3": Tiles(128, 128, 128, 64, 8, 3, engine="gluon"),
-    "ws-b128-w8-s4": Tiles(128, 128, 128, 64, 8, 4, engine="gluon"),
-    "ws-b64-w8-s4": Tiles(64, 128, 128, 64, 8, 4, engine="gluon"),
-    "ws-b64-w8-s5": Tiles(64, 128, 128, 64, 8, 5, engine="gluon"),
-    "ws-b128-w4-s4": Tiles(128, 64, 64, 64, 4, 4, engine="gluon"),
-    "ws-b128-w8-s4-p4": Tiles(128, 128, 128, 64, 8, 4, engine="gluon", producer_warps=4),
-    "ws-b128-w4-s4-p4": Tiles(128, 64, 64, 64, 4, 4, engine="gluon", producer_warps=4),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

@@ -39,11 +39,7 @@ class Tiles:
     without it. ``tail_m``: blocks with at most this many rows (an expert's last, partly
     filled block) multiply as a narrower tile of ``tail_m`` token rows instead of
     ``block_m``, so they pay no MMA on padding rows (0: off; a power of two >= 16 below
-    ``block_m``). ``engine``: "triton" (:mod:`.kernels`) or "gluon" (the warp-specialized
-    :mod:`.gluon_kernels`, Hopper prefill tiles: 64-deep steps, 16 weight rows per
-    consumer warp, no K split; calls it cannot serve run the Triton kernel with the same
-    tiles); ``producer_warps``: the gluon engine's warps that decode the weights and copy
-    the token rows (4 or 8), on top of the ``num_warps`` that multiply.
+    ``block_m``).
     """
 
     block_m: int
@@ -57,8 +53,6 @@ class Tiles:
     split_k: int = 1
     max_registers: int | None = None
     tail_m: int = 0
-    engine: str = "triton"
-    producer_warps: int = 8
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -77,28 +71,6 @@ class Tiles:
                              f"({self.block_m}), got {self.tail_m}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
-        if self.engine not in ("triton", "gluon"):
-            raise ValueError(f"engine: expected 'triton' or 'gluon', got {self.engine!r}")
-        if self.engine == "gluon":
-            self._check_gluon()
-
-    def _check_gluon(self) -> None:
-        """The shapes the Gluon kernel is written for."""
-        if self.num_warps not in (4, 8):
-            raise ValueError(f"num_warps: the gluon engine takes 4 or 8, got {self.num_warps}")
-        if self.producer_warps not in (4, 8):
-            raise ValueError(f"producer_warps: the gluon engine takes 4 or 8, "
-                             f"got {self.producer_warps}")
-        rows = 16 * self.num_warps
-        if (self.block_n1, self.block_n2) != (rows, rows):
-            raise ValueError(f"block_n1, block_n2: the gluon engine takes 16 rows per warp "
-                             f"({rows}), got {self.block_n1}, {self.block_n2}")
-        if self.block_k != 64 or self.num_stages < 3 or self.split_k != 1 or self.tail_m:
-            raise ValueError("the gluon engine takes block_k=64, num_stages >= 3, split_k=1 and "
-                             f"tail_m=0, got {self.block_k}, {self.num_stages}, {self.split_k}, "
-                             f"{self.tail_m}")
-        if not self.swap or self.decode != "asm" or self.block_m > 256:
-            raise ValueError("the gluon engine takes swap=True, decode='asm' and block_m <= 256")
 
 
 # (largest M or None for any, largest mean rows per expert or None for any, tiles), in
