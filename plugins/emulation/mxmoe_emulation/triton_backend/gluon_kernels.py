@@ -61,10 +61,15 @@ def _indices(G: gl.constexpr, S: gl.constexpr, layout: gl.constexpr):
 
 @gluon.jit
 def _scale_pairs(ws, SCALE_BIAS: gl.constexpr, layout: gl.constexpr):
-    """Scale bytes [G, 8, 4, 2] (a step's two MX blocks, per row) -> the bf16x2 pair
-    2**(s + SCALE_BIAS - 127) of each 16-column step [G, 8, 4, 4], in ``layout``."""
-    pair = (ws.to(gl.uint32) + SCALE_BIAS) * 0x00800080  # the bf16 exponent field, twice
-    steps = gl.reshape(gl.join(pair, pair), (pair.shape[0], 8, 4, 4))
+    """A row's two scale bytes of a step as one uint16 [G, 8, 4] (the low byte is the
+    first MX block) -> the bf16x2 pair 2**(s + SCALE_BIAS - 127) of each 16-column step
+    [G, 8, 4, 4], in ``layout``. The bytes are split here, where they are used: split at
+    the load, the split would wait for the load right there."""
+    w = ws.to(gl.uint32)
+    first = ((w & 0xFF) + SCALE_BIAS) * 0x00800080  # the bf16 exponent field, twice
+    second = ((w >> 8) + SCALE_BIAS) * 0x00800080
+    blocks = gl.join(first, second)
+    steps = gl.reshape(gl.join(blocks, blocks), (ws.shape[0], 8, 4, 4))
     return gl.convert_layout(steps, layout)
 
 
@@ -96,7 +101,7 @@ def _step_operands(wg_ptrs, wu_ptrs, sg_ptrs, su_ptrs, r8, w_ok, s_ok, step, ste
     gate tile and, with GATED, the up tile (else the gate's again); zeros past the end."""
     more = step < steps
     w_off = step * 2 * BLOCK_K  # a 16-row group's 64-column run is 128 words
-    s_off = step * (BLOCK_K // 32)
+    s_off = step  # uint16 words: a step's two MX blocks per row
     wg = gl.load(wg_ptrs + w_off, mask=w_ok & more, other=0)
     sg = gl.load(sg_ptrs + s_off, mask=s_ok & more, other=0)
     sg8 = gl.load(sg_ptrs + r8 + s_off, mask=s_ok & more, other=0)
@@ -211,20 +216,24 @@ def _multiply(half, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
     # a thread's four words of a run (its four 16-column steps): one 16-byte load
     words_layout: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 8, 4, 1],
                                                   [WG_WARPS, 1, 1, 1], [3, 2, 1, 0])
-    scale_layout: gl.constexpr = gl.BlockedLayout([1, 1, 1, 2], [1, 8, 4, 1],
-                                                  [WG_WARPS, 1, 1, 1], [3, 2, 1, 0])
+    scale_layout: gl.constexpr = gl.BlockedLayout([1, 1, 1], [1, 8, 4], [WG_WARPS, 1, 1],
+                                                  [2, 1, 0])
     n0 = n_start + half * WG_N
     g, r, c, s = _indices(G, 4, words_layout)
     wg_ptrs = (w_ptr + expert * stride_we + (n0 + 16 * g).to(gl.int64) * stride_wn
                + r * 16 + c * 4 + s)
     wu_ptrs = wg_ptrs + N * stride_wn  # w13's up rows: the second half
     w_ok = (n0 + 16 * g + 0 * (r + c + s)) < N
-    g, r, c, s = _indices(G, 2, scale_layout)
-    sg_ptrs = (s_ptr + expert * stride_se + (n0 + 16 * g + r).to(gl.int64) * stride_sn
-               + s + 0 * c)
-    su_ptrs = sg_ptrs + N * stride_sn
-    s_ok = (n0 + 16 * g + 0 * (r + c + s)) < N
-    r8 = 8 * stride_sn  # from row r to row r + 8
+    # scale bytes as uint16 pairs (rows are 16-byte aligned: layout.py pads them)
+    gs = gl.arange(0, G, layout=gl.SliceLayout(1, gl.SliceLayout(2, scale_layout)))[:, None, None]
+    rs = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, scale_layout)))[None, :, None]
+    cs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, scale_layout)))[None, None, :]
+    s16 = s_ptr.to(gl.pointer_type(gl.uint16))
+    sg_ptrs = (s16 + expert * (stride_se // 2) + (n0 + 16 * gs + rs).to(gl.int64) * (stride_sn // 2)
+               + 0 * cs)
+    su_ptrs = sg_ptrs + N * (stride_sn // 2)
+    s_ok = (n0 + 16 * gs + 0 * (rs + cs)) < N
+    r8 = 8 * (stride_sn // 2)  # from row r to row r + 8
 
     acc_g = gl.zeros([WG_N, BLOCK_M], gl.float32, layout=mma)
     acc_u = gl.zeros([WG_N, BLOCK_M], gl.float32, layout=mma)
