@@ -124,13 +124,6 @@ VARIANTS: dict[str, Tiles | None] = {
     "b128-128x64-w8-t32": Tiles(128, 128, 128, 64, 8, 3, tail_m=32),
     "b128-128x64-w8-t64": Tiles(128, 128, 128, 64, 8, 3, tail_m=64),
     "b32-64x128-w4-s3-t16": Tiles(32, 64, 64, 128, 4, 3, tail_m=16),
-    # v21: the ping-pong Gluon prefill kernel (gluon_kernels.py), "-sN" token stages
-    "pp-b128-s3": Tiles(128, 128, 128, 64, 4, 3, engine="gluon"),
-    "pp-b128-s5": Tiles(128, 128, 128, 64, 4, 5, engine="gluon"),
-    "pp-b128-s4": Tiles(128, 128, 128, 64, 4, 4, engine="gluon"),
-    "pp-b128-s6": Tiles(128, 128, 128, 64, 4, 6, engine="gluon"),
-    "pp-b64-s4": Tiles(64, 128, 128, 64, 4, 4, engine="gluon"),
-    "pp-b64-s8": Tiles(64, 128, 128, 64, 4, 8, engine="gluon"),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

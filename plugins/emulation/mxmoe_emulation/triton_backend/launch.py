@@ -130,24 +130,6 @@ def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-#: Registers per thread of the Gluon kernel's second multiplying warpgroup and of its
-#: copying warpgroup; the first multiplying warpgroup gets the rest of the register file,
-#: also 240. Offline (Triton 3.6, sm_90a) the multiplying warpgroups do not spill at 240;
-#: the copying one spills a few registers to L1 at 24, off the critical path.
-GLUON_REGS = {"MULTIPLY_REGS": 240, "COPY_REGS": 24}
-
-
-@functools.lru_cache(maxsize=None)
-def _gluon_kernel():
-    """The Gluon prefill GEMM, or None where this Triton build has no working Gluon
-    (an experimental dialect: its absence costs speed, not correctness)."""
-    try:
-        from .gluon_kernels import gluon_gemm_kernel
-    except Exception:  # noqa: BLE001 - any import failure means: use the Triton kernel
-        return None
-    return gluon_gemm_kernel
-
-
 def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
            num_experts: int, block_m: int,
            pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,16 +175,6 @@ class _Launcher:
         else:
             self.table = _align(ids, expert_map, num_local, num_experts, tiles.block_m,
                                 self.pdl)
-        self.gluon = self._gluon_serves(ids.device)
-
-    def _gluon_serves(self, device: torch.device) -> bool:
-        """Whether the GEMMs run the Gluon kernel: asked for by the tiles, and a call it is
-        written for (bf16 MXFP4 through the PTX decode, router weight on the output, an
-        align table, no K split) on a Hopper GPU (its ``wgmma``)."""
-        return (self.tiles.engine == "gluon" and self.asm and not self.slots_pad
-                and self.dtype == torch.bfloat16 and self.math.weight_format == "mxfp4"
-                and not self.math.weight_on_input and self.tiles.split_k == 1
-                and _capability(device.index)[0] == 9 and _gluon_kernel() is not None)
 
     @property
     def register_limit(self) -> dict[str, int]:
@@ -234,9 +206,6 @@ class _Launcher:
             wq = wq.view(torch.int32)
         row_stride = out.stride(-2)
         grid = (block_expert.numel() * triton.cdiv(n, block_n) * split,)
-        if self.gluon:
-            self._gluon_gemm(grid, a, wq, scale, bias, out, n, k, acc_scale, scale_bias, gated)
-            return
         moe_gemm_kernel[grid](
             a, a.stride(0),
             wq, wq.stride(0), wq.stride(1),
@@ -257,27 +226,6 @@ class _Launcher:
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
-        )
-
-    def _gluon_gemm(self, grid: tuple[int], a: torch.Tensor, wq: torch.Tensor,
-                    scale: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, n: int,
-                    k: int, acc_scale: float, scale_bias: int, gated: bool) -> None:
-        """:meth:`gemm` through :mod:`.gluon_kernels` (an ordinary launch: the kernel
-        neither waits for nor releases programmatic dependents, so it starts after the
-        previous launch ends and the next waits for its end)."""
-        sorted_slots, block_expert, block_rows = self.table
-        math, tiles = self.math, self.tiles
-        _gluon_kernel()[grid](
-            a, a.stride(0), wq, wq.stride(0), wq.stride(1),
-            scale, scale.stride(0), scale.stride(1),
-            wq if bias is None else bias, 0 if bias is None else bias.stride(0),
-            out, out.stride(-2), sorted_slots, block_expert, block_rows, self.route_w,
-            n, k, acc_scale, math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
-            TOP_K=self.top_k, GATED=gated, ACTIVATION=math.activation,
-            HAS_LIMIT=math.limit is not None, HAS_BIAS=bias is not None,
-            WEIGHT_ON_OUTPUT=not gated, GATHER_A=gated, SCALE_BIAS=scale_bias,
-            BLOCK_M=tiles.block_m, STAGES=tiles.num_stages, num_warps=tiles.num_warps,
-            **GLUON_REGS, **_COMPILER,
         )
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:

@@ -39,10 +39,7 @@ class Tiles:
     without it. ``tail_m``: blocks with at most this many rows (an expert's last, partly
     filled block) multiply as a narrower tile of ``tail_m`` token rows instead of
     ``block_m``, so they pay no MMA on padding rows (0: off; a power of two >= 16 below
-    ``block_m``). ``engine``: "triton" (:mod:`.kernels`) or "gluon" (the warp-specialized
-    :mod:`.gluon_kernels` for Hopper prefill: three partitions of ``num_warps`` = 4
-    warps, 128 output columns, 64-deep steps, no K split; calls it cannot serve run the
-    Triton kernel with the same tiles).
+    ``block_m``).
     """
 
     block_m: int
@@ -56,7 +53,6 @@ class Tiles:
     split_k: int = 1
     max_registers: int | None = None
     tail_m: int = 0
-    engine: str = "triton"
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -75,22 +71,6 @@ class Tiles:
                              f"({self.block_m}), got {self.tail_m}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
-        if self.engine not in ("triton", "gluon"):
-            raise ValueError(f"engine: expected 'triton' or 'gluon', got {self.engine!r}")
-        if self.engine == "gluon":
-            self._check_gluon()
-
-    def _check_gluon(self) -> None:
-        """The shapes the Gluon kernel is written for."""
-        if (self.num_warps, self.block_n1, self.block_n2, self.block_k) != (4, 128, 128, 64):
-            raise ValueError("the gluon engine takes num_warps=4, block_n1=block_n2=128 and "
-                             f"block_k=64, got {self.num_warps}, {self.block_n1}, "
-                             f"{self.block_n2}, {self.block_k}")
-        if self.num_stages < 3 or self.split_k != 1 or self.tail_m:
-            raise ValueError("the gluon engine takes num_stages >= 3, split_k=1 and tail_m=0, "
-                             f"got {self.num_stages}, {self.split_k}, {self.tail_m}")
-        if not self.swap or self.decode != "asm" or self.block_m > 256:
-            raise ValueError("the gluon engine takes swap=True, decode='asm' and block_m <= 256")
 
 
 # (largest M or None for any, largest mean rows per expert or None for any, tiles), in
