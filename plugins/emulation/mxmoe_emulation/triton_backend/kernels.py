@@ -148,7 +148,7 @@ def route_kernel(
 
 @triton.jit
 def _local_experts(ids_ptr, map_ptr, slots, mask, num_experts, HAS_MAP: tl.constexpr,
-                   CACHE: tl.constexpr = ""):
+                   CACHE: tl.constexpr):
     """Local expert of each slot, -1 for masked slots, non-local experts and ids outside
     [0, num_experts) (apply is also called with caller-made ids: one out of range must
     not send a kernel outside its tensors; such a slot contributes nothing)."""
@@ -165,7 +165,7 @@ def _chunk_experts(ids_ptr, map_ptr, start, num_slots, num_experts, HAS_MAP: tl.
     """(slots, local expert of each or -1) of the CHUNK slots from ``start`` on."""
     slots = start + tl.arange(0, CHUNK)
     return slots, _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts,
-                                 HAS_MAP)
+                                 HAS_MAP, "")
 
 
 @triton.jit
@@ -785,7 +785,7 @@ def activation_kernel(
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     # the slot's local expert, as a vector over the columns (see sum_slots_kernel)
     local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0, num_experts,
-                           HAS_MAP)
+                           HAS_MAP, "")
     mask = (cols < N) & (local >= 0)
     gate = tl.zeros([BLOCK], dtype=tl.float32)
     up = tl.zeros([BLOCK], dtype=tl.float32)
@@ -824,7 +824,7 @@ def sum_slots_kernel(
         # the slot's expert, loaded as a vector over the columns (a broadcast load):
         # the interpreter rejects masks mixing a scalar condition into a tensor
         local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0,
-                               num_experts, HAS_MAP)
+                               num_experts, HAS_MAP, "")
         for split in tl.static_range(SPLIT_K):
             acc += tl.load(slot_out_ptr + (split * num_slots + slot) * H + cols,
                            mask=col_mask & (local >= 0), other=0.0).to(tl.float32)
