@@ -170,24 +170,12 @@ def variants_for(m: int, spec: str) -> list[str]:
     return spec.split(",")
 
 
-#: Variant-name suffixes of the v23 launch options: "+pw" (pre_wait), "+er"
-#: (early_release), "+pf<N>" (prefetch_runs=N), e.g. "table+pw+er+pf8".
-_SUFFIXES = {"pw": "pre_wait", "er": "early_release", "pf": "prefetch_runs"}
-
-
 def resolve(name: str, m: int, rows_per_expert: float) -> Tiles:
     """The tiles of a variant name: a key of VARIANTS, optionally with "@r<N>" for a
-    register limit of N per thread (v13), e.g. "table@r112", and launch-option suffixes
-    (see _SUFFIXES)."""
-    name, *options = name.split("+")
+    register limit of N per thread (v13), e.g. "table@r112"."""
     base, _, cap = name.partition("@r")
     tiles = VARIANTS[base] or tiles_for(m, rows_per_expert)
-    if cap:
-        tiles = dataclasses.replace(tiles, max_registers=int(cap))
-    for option in options:
-        field = _SUFFIXES[option[:2]]
-        tiles = dataclasses.replace(tiles, **{field: int(option[2:]) if option[2:] else True})
-    return tiles
+    return dataclasses.replace(tiles, max_registers=int(cap)) if cap else tiles
 
 
 def replayer(graphs: list[torch.cuda.CUDAGraph]):

@@ -147,15 +147,14 @@ def route_kernel(
 
 
 @triton.jit
-def _local_experts(ids_ptr, map_ptr, slots, mask, num_experts, HAS_MAP: tl.constexpr,
-                   CACHE: tl.constexpr):
+def _local_experts(ids_ptr, map_ptr, slots, mask, num_experts, HAS_MAP: tl.constexpr):
     """Local expert of each slot, -1 for masked slots, non-local experts and ids outside
     [0, num_experts) (apply is also called with caller-made ids: one out of range must
     not send a kernel outside its tensors; such a slot contributes nothing)."""
-    ids = tl.load(ids_ptr + slots, mask=mask, other=-1, cache_modifier=CACHE)
+    ids = tl.load(ids_ptr + slots, mask=mask, other=-1)
     ids = tl.where((ids >= 0) & (ids < num_experts), ids, -1)
     if HAS_MAP:
-        ids = tl.load(map_ptr + ids, mask=ids >= 0, other=-1, cache_modifier=CACHE)
+        ids = tl.load(map_ptr + ids, mask=ids >= 0, other=-1)
     return ids
 
 
@@ -165,7 +164,7 @@ def _chunk_experts(ids_ptr, map_ptr, start, num_slots, num_experts, HAS_MAP: tl.
     """(slots, local expert of each or -1) of the CHUNK slots from ``start`` on."""
     slots = start + tl.arange(0, CHUNK)
     return slots, _local_experts(ids_ptr, map_ptr, slots, slots < num_slots, num_experts,
-                                 HAS_MAP, "")
+                                 HAS_MAP)
 
 
 @triton.jit
@@ -179,7 +178,7 @@ def _expert_blocks(counts, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _slot_led_block(ids_ptr, map_ptr, slot, num_slots, num_experts, HAS_MAP: tl.constexpr,
-                    BLOCK_M: tl.constexpr, SLOTS_PAD: tl.constexpr, CACHE: tl.constexpr):
+                    BLOCK_M: tl.constexpr, SLOTS_PAD: tl.constexpr):
     """The block that slot ``slot`` leads, computed in registers from the ids alone (small
     calls, no align launch): the slots of each local expert in slot order, cut into runs of
     BLOCK_M; a slot leads a block when its rank among its expert's slots is a multiple of
@@ -188,8 +187,7 @@ def _slot_led_block(ids_ptr, map_ptr, slot, num_slots, num_experts, HAS_MAP: tl.
     expert is a row of exactly one block, as with the align step, and the rows keep slot
     order (deterministic)."""
     offs = tl.arange(0, SLOTS_PAD)
-    local = _local_experts(ids_ptr, map_ptr, offs, offs < num_slots, num_experts, HAS_MAP,
-                           CACHE)
+    local = _local_experts(ids_ptr, map_ptr, offs, offs < num_slots, num_experts, HAS_MAP)
     own = tl.sum(tl.where(offs == slot, local, 0), axis=0)
     same = (local == own) & (own >= 0)
     members = same.to(tl.int32)
@@ -461,28 +459,6 @@ def _weight_mask(n_start, N, k0, k_end, EPB: tl.constexpr, BLOCK_N: tl.constexpr
 
 
 @triton.jit
-def _prefetch_l2(w_base, n_start, N, stride_wn, k_start, k_end, GATED: tl.constexpr,
-                 RUNS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Ask L2 for the first RUNS 64-column runs of each 16-row group of this program's
-    MXFP4 weight slice (a group's runs are contiguous: RUNS * 512 bytes), one Hopper bulk
-    prefetch per group. Issued before a kernel waits for its predecessor, so its weight
-    stream starts while that kernel drains. The instruction takes one address per warp
-    (ptxas loops over distinct lane addresses), so each warp's 32 lanes carry the same
-    group."""
-    GROUPS: tl.constexpr = BLOCK_N // 16
-    CHUNKS: tl.constexpr = 2 * GROUPS if GATED else GROUPS
-    chunk = tl.arange(0, 32 * CHUNKS) // 32
-    rows = n_start + 16 * (chunk % GROUPS) + (chunk // GROUPS) * N  # w13's up rows: + N
-    runs = tl.minimum(tl.cdiv(k_end - k_start, 64), RUNS)
-    ptrs = w_base + rows.to(tl.int64) * stride_wn
-    go = ((n_start + 16 * (chunk % GROUPS) < N) & (runs > 0)).to(tl.int32)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $2, 0; "
-        "@p cp.async.bulk.prefetch.L2.global [$1], $3; mov.b32 $0, 0; }",
-        "=r,l,r,r", [ptrs, go, go * runs * 512], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _scale_mask(n_start, N, k0, scale_cols, EPB: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr):
     """The mask of the scale tile of the K step at k0, shaped as _weight_tile_ptrs's.
@@ -555,14 +531,12 @@ def _activate(gate, up, alpha, beta, limit, ACTIVATION: tl.constexpr, HAS_LIMIT:
 
 
 @triton.jit
-def _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M: tl.constexpr, M: tl.constexpr,
-                CACHE: tl.constexpr):
+def _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M: tl.constexpr, M: tl.constexpr):
     """(slots [M], which are real rows) of align-table block ``blk``: its first M of
     BLOCK_M entries, ``rows`` of them real."""
     offs = tl.arange(0, M)
     m_mask = offs < rows
-    return (tl.load(sorted_slots_ptr + blk * BLOCK_M + offs, mask=m_mask, other=0,
-                    cache_modifier=CACHE), m_mask)
+    return tl.load(sorted_slots_ptr + blk * BLOCK_M + offs, mask=m_mask, other=0), m_mask
 
 
 @triton.jit
@@ -576,17 +550,15 @@ def _block_product(
     EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr, PRE_WAIT: tl.constexpr, EARLY_RELEASE: tl.constexpr,
-    PREFETCH_RUNS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The body of :func:`moe_gemm_kernel` for one block of expert ``expert`` whose
     ``slots`` [BLOCK_M] are real rows where ``m_mask``: the K loop and the epilogue."""
-    CACHE: tl.constexpr = ".cg" if PRE_WAIT else ""
     if GATHER_A:
         a_rows = (slots // TOP_K).to(tl.int64)
     else:
         a_rows = slots.to(tl.int64)
-    route_w = tl.load(route_w_ptr + slots, mask=m_mask, other=0.0, cache_modifier=CACHE)
+    route_w = tl.load(route_w_ptr + slots, mask=m_mask, other=0.0)
 
     n_start = (tile % n_tiles) * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
@@ -607,13 +579,6 @@ def _block_product(
                                          BLOCK_N, BLOCK_K)
     wu_ptrs = wg_ptrs + N * stride_wn  # w13's up rows: the second half
     su_ptrs = sg_ptrs + N * stride_sn
-    if PRE_WAIT:
-        if PREFETCH_RUNS > 0:
-            _prefetch_l2(w_base, n_start, N, stride_wn, k_start, k_end, GATED, PREFETCH_RUNS,
-                         BLOCK_N)
-        _wait_for_inputs(PDL)
-    if EARLY_RELEASE:
-        _release_dependents(PDL)
 
     if SWAP:
         acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -658,8 +623,7 @@ def _block_product(
         wg_ptrs += W_STEP
         wu_ptrs += W_STEP
 
-    if not EARLY_RELEASE:
-        _release_dependents(PDL)
+    _release_dependents(PDL)
     acc_g = acc_g * acc_scale
     acc_u = acc_u * acc_scale
     out_rows = slots.to(tl.int64)
@@ -700,8 +664,7 @@ def moe_gemm_kernel(
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr, TAIL_M: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr, PRE_WAIT: tl.constexpr, EARLY_RELEASE: tl.constexpr,
-    PREFETCH_RUNS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
     SPLIT_K slices of K) tile.
@@ -725,10 +688,7 @@ def moe_gemm_kernel(
     TAIL_M-row tile (:func:`_block_product` is compiled for both widths), so an expert's
     nearly empty last block does not pay BLOCK_M rows of MMA.
     """
-    # before the wait (PRE_WAIT), the block's slots are read around L1
-    CACHE: tl.constexpr = ".cg" if PRE_WAIT else ""
-    if not PRE_WAIT:
-        _wait_for_inputs(PDL)
+    _wait_for_inputs(PDL)
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
     split = pid % SPLIT_K
@@ -736,21 +696,20 @@ def moe_gemm_kernel(
     blk = tile // n_tiles
     if SLOTS_PAD > 0:
         expert, leads, slots, m_mask = _slot_led_block(ids_ptr, map_ptr, blk, num_slots,
-                                                       num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD,
-                                                       CACHE)
+                                                       num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD)
         if not leads:
             return
         rows = BLOCK_M  # a slot-led block takes the full path
         expert = expert.to(tl.int64)
     else:
-        rows = tl.load(block_rows_ptr + blk, cache_modifier=CACHE)
+        rows = tl.load(block_rows_ptr + blk)
         if rows == 0:
             return
-        expert = tl.load(block_expert_ptr + blk, cache_modifier=CACHE).to(tl.int64)
-        slots, m_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, BLOCK_M, CACHE)
+        expert = tl.load(block_expert_ptr + blk).to(tl.int64)
+        slots, m_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, BLOCK_M)
     if TAIL_M > 0 and rows <= TAIL_M:
         # a block of at most TAIL_M rows (an expert's last): a narrower MMA, no padding
-        tail_slots, tail_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, TAIL_M, CACHE)
+        tail_slots, tail_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, TAIL_M)
         _block_product(
             a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
             scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split, route_w_ptr,
@@ -758,7 +717,7 @@ def moe_gemm_kernel(
             tail_mask,
             TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
             GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, TAIL_M, BLOCK_N,
-            BLOCK_K, PDL, PRE_WAIT, EARLY_RELEASE, PREFETCH_RUNS)
+            BLOCK_K, PDL)
     else:
         _block_product(
             a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
@@ -766,7 +725,7 @@ def moe_gemm_kernel(
             N, K, acc_scale, alpha, beta, limit, split, tile, n_tiles, expert, slots, m_mask,
             TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
             GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, BLOCK_M, BLOCK_N,
-            BLOCK_K, PDL, PRE_WAIT, EARLY_RELEASE, PREFETCH_RUNS)
+            BLOCK_K, PDL)
 
 
 @triton.jit
@@ -785,7 +744,7 @@ def activation_kernel(
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     # the slot's local expert, as a vector over the columns (see sum_slots_kernel)
     local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0, num_experts,
-                           HAS_MAP, "")
+                           HAS_MAP)
     mask = (cols < N) & (local >= 0)
     gate = tl.zeros([BLOCK], dtype=tl.float32)
     up = tl.zeros([BLOCK], dtype=tl.float32)
@@ -824,7 +783,7 @@ def sum_slots_kernel(
         # the slot's expert, loaded as a vector over the columns (a broadcast load):
         # the interpreter rejects masks mixing a scalar condition into a tensor
         local = _local_experts(ids_ptr, map_ptr, slot + tl.zeros_like(cols), cols >= 0,
-                               num_experts, HAS_MAP, "")
+                               num_experts, HAS_MAP)
         for split in tl.static_range(SPLIT_K):
             acc += tl.load(slot_out_ptr + (split * num_slots + slot) * H + cols,
                            mask=col_mask & (local >= 0), other=0.0).to(tl.float32)

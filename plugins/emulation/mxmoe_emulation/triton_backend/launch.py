@@ -224,10 +224,7 @@ class _Launcher:
             SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
             SLOTS_PAD=self.slots_pad, TAIL_M=tiles.tail_m,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
-            PDL=self.pdl, PRE_WAIT=tiles.pre_wait and not gated,
-            EARLY_RELEASE=tiles.early_release,
-            PREFETCH_RUNS=tiles.prefetch_runs if (self.asm and fp4 and not gated) else 0,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
         )
 

@@ -53,9 +53,6 @@ class Tiles:
     split_k: int = 1
     max_registers: int | None = None
     tail_m: int = 0
-    pre_wait: bool = False
-    early_release: bool = False
-    prefetch_runs: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
