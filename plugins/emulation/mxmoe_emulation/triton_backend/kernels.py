@@ -3,8 +3,9 @@
 One layer is at most four launches, all on the device, none waiting for the host (five
 with split K, see :mod:`.launch`), after :func:`route_kernel` when the backend routes:
 
-1. :func:`align_kernel` (one program; skipped for small calls, where each GEMM program
-   finds its block from the ids itself, see :func:`_slot_led_block`): counts the tokens
+1. :func:`align_kernel` (one program; skipped for small calls, where each GEMM1 program
+   finds its block from the ids itself, see :func:`_slot_led_block`, and publishes it
+   in the same table for GEMM2): counts the tokens
    routed to each local expert and lays the (token, k) *slots* out expert by expert in
    blocks of ``BLOCK_M`` rows.
    It writes ``sorted_slots[row]`` (the slot at each padded row), and per block its
@@ -198,6 +199,18 @@ def _slot_led_block(ids_ptr, map_ptr, slot, num_slots, num_experts, HAS_MAP: tl.
     pick = same[None, :] & (rank[None, :] == want[:, None])
     slots = tl.sum(tl.where(pick, offs[None, :], 0), axis=1)
     return own, leads, slots, want < tl.sum(members, axis=0)
+
+
+@triton.jit
+def _publish_block(sorted_slots_ptr, block_expert_ptr, block_rows_ptr, blk, expert, leads,
+                   slots, m_mask, BLOCK_M: tl.constexpr):
+    """Write slot-led block ``blk`` as a row of the align step's table (0 rows when its slot
+    leads none), so that GEMM2, which runs after GEMM1 anyway, reads its block instead of
+    scanning the ids again: at decode sizes GEMM2's programs are short, and the scan was
+    about a third of their time (ncu, M = 8)."""
+    tl.store(block_rows_ptr + blk, tl.where(leads, tl.sum(m_mask.to(tl.int32), axis=0), 0))
+    tl.store(block_expert_ptr + blk, expert)
+    tl.store(sorted_slots_ptr + blk * BLOCK_M + tl.arange(0, BLOCK_M), slots, mask=m_mask)
 
 
 @triton.jit
@@ -682,9 +695,10 @@ def moe_gemm_kernel(
     memory; real layers all share the value 126, so it compiles once). With
     ``SLOTS_PAD`` > 0 (a small call: at most that many slots) there is no align step:
     block ``b`` is the one slot ``b`` leads (:func:`_slot_led_block`), from ``ids_ptr``
-    (and ``map_ptr`` with ``HAS_MAP``); the three block-table pointers are unused.
-    Otherwise ``ids_ptr``/``map_ptr`` are unused and the align step's table gives the
-    blocks. With ``TAIL_M`` > 0, a table block of at most TAIL_M rows is computed as a
+    (and ``map_ptr`` with ``HAS_MAP``), and the block's first program writes it to the
+    three block-table pointers (:func:`_publish_block`; GEMM1 runs this way, GEMM2 then
+    reads the table). Otherwise ``ids_ptr``/``map_ptr`` are unused and the table (the
+    align step's, or the one GEMM1 published) gives the blocks. With ``TAIL_M`` > 0, a table block of at most TAIL_M rows is computed as a
     TAIL_M-row tile (:func:`_block_product` is compiled for both widths), so an expert's
     nearly empty last block does not pay BLOCK_M rows of MMA.
     """
@@ -697,6 +711,9 @@ def moe_gemm_kernel(
     if SLOTS_PAD > 0:
         expert, leads, slots, m_mask = _slot_led_block(ids_ptr, map_ptr, blk, num_slots,
                                                        num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD)
+        if (tile % n_tiles == 0) & (split == 0):
+            _publish_block(sorted_slots_ptr, block_expert_ptr, block_rows_ptr, blk, expert,
+                           leads, slots, m_mask, BLOCK_M)
         if not leads:
             return
         rows = BLOCK_M  # a slot-led block takes the full path

@@ -1,6 +1,7 @@
 """One MoE layer as a few kernel launches (see :mod:`.kernels`), no host sync.
 
-[route, when the backend routes] -> [align, unless a small call] -> GEMM1 ->
+[route, when the backend routes] -> [align, unless a small call: GEMM1 groups the slots
+and publishes the table] -> GEMM1 ->
 [activation, when GEMM1's K is split] -> GEMM2 -> top-k sum (the sum is skipped when
 each token's single slot can be written as its output row). On Hopper and later the
 launches are programmatic dependent launches (:func:`use_pdl`): each starts while the
@@ -73,14 +74,14 @@ def num_blocks_bound(num_slots: int, num_local_experts: int, block_m: int) -> in
     return triton.cdiv(num_slots, block_m) + min(num_local_experts, num_slots)
 
 
-#: Most (token, k) slots for which the GEMM programs may group the slots themselves
+#: Most (token, k) slots for which GEMM1's programs may group the slots themselves
 #: (:func:`.kernels._slot_led_block`) instead of an align launch; each program then scans
-#: this many ids at most.
+#: this many ids at most (GEMM2 reads the blocks GEMM1 publishes).
 SLOT_LED_MAX_SLOTS = 128
 
 
 def slot_led(num_slots: int, num_local_experts: int, block_m: int) -> bool:
-    """Whether a call's blocks are led by its slots (no align launch). Every GEMM program
+    """Whether a call's blocks are led by its slots (no align launch). Every GEMM1 program
     then pays a scan over the ids before its first load, which beats the align launch
     only while nearly every slot has an expert to itself: up to 8 slots, or up to a
     quarter of a slot per local expert (benchmarks/triton_notes.md, v17: gpt-oss-120b
@@ -166,12 +167,16 @@ class _Launcher:
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
         self.num_experts = num_experts
-        # small calls: every slot may lead a block, found in-kernel (no align launch)
+        # small calls: every slot may lead a block, found by GEMM1's programs (no align
+        # launch), which write the table GEMM2 reads; the grid: a block per slot
         num_local = weights.w13.shape[0]
-        self.slots_pad = (triton.next_power_of_2(ids.numel())
-                          if slot_led(ids.numel(), num_local, tiles.block_m) else 0)
+        num_slots = ids.numel()
+        self.slots_pad = (triton.next_power_of_2(num_slots)
+                          if slot_led(num_slots, num_local, tiles.block_m) else 0)
         if self.slots_pad:
-            self.table = (ids, ids, ids)  # unused by the kernels; the grid: a block per slot
+            self.table = torch.empty(num_slots * (tiles.block_m + 2), dtype=torch.int32,
+                                     device=ids.device).split(
+                [num_slots * tiles.block_m, num_slots, num_slots])
         else:
             self.table = _align(ids, expert_map, num_local, num_experts, tiles.block_m,
                                 self.pdl)
@@ -222,7 +227,7 @@ class _Launcher:
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
             EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
-            SLOTS_PAD=self.slots_pad, TAIL_M=tiles.tail_m,
+            SLOTS_PAD=self.slots_pad if gated else 0, TAIL_M=tiles.tail_m,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
