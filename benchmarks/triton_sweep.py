@@ -124,6 +124,12 @@ VARIANTS: dict[str, Tiles | None] = {
     "b128-128x64-w8-t32": Tiles(128, 128, 128, 64, 8, 3, tail_m=32),
     "b128-128x64-w8-t64": Tiles(128, 128, 128, 64, 8, 3, tail_m=64),
     "b32-64x128-w4-s3-t16": Tiles(32, 64, 64, 128, 4, 3, tail_m=16),
+    # v25: GEMM2's own K split ("-gN": split_k2) on the decode tile
+    "s16-64x128-w4-s3-k2-g1": Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1),
+    "s16-64x128-w4-s3-k2-g3": Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=3),
+    "s16-64x128-w4-s3-k3-g2": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=2),
+    "s16-64x128-w4-s3-k1-g2": Tiles(16, 64, 64, 128, 4, 3, split_k2=2),
+    "s16-64x128-w4-s3-k3-g1": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=1),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

@@ -82,25 +82,29 @@ def test_layer_matches_reference(name: str) -> None:
         assert err <= tolerance(config), f"{name} M={m} seed={seed}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize(("fmt", "swap", "split_k", "expert_map", "max_registers"), [
-    ("mxfp4", True, 1, None, None), ("mxfp4", False, 2, None, 64),
-    ("mxfp8", True, 3, (0, -1, 1, -1, -1, 2, -1, 3), None), ("mxfp8", False, 1, None, None),
+@pytest.mark.parametrize(("fmt", "swap", "split_k", "split_k2", "expert_map", "max_registers"), [
+    ("mxfp4", True, 1, 3, None, None), ("mxfp4", False, 2, 1, None, 64),
+    ("mxfp8", True, 3, None, (0, -1, 1, -1, -1, 2, -1, 3), None),
+    ("mxfp8", False, 1, None, None, None),
 ])
 def test_tiles_orientations_and_split_k(fmt: str, swap: bool, split_k: int,
+                                        split_k2: int | None,
                                         expert_map: tuple[int, ...] | None,
                                         max_registers: int | None) -> None:
-    """Both operand orders and split K (3 slices of 2 K tiles: one slice is empty), with
-    K and N spanning several tiles (BLOCK_K 64 over H=128, BLOCK_N 32 over I=128), for 9
-    tokens (aligned blocks) and for one (slot-led blocks, no align launch). The
-    interpreter runs the portable decode; the inline-PTX one is checked on the GPU
-    (test_triton_gpu.py). A register limit (PTX's ``.maxnreg``, applied with that
-    decode only) leaves the portable path as it is."""
+    """Both operand orders and split K (3 slices of 2 K tiles: one slice is empty; GEMM2
+    split differently from GEMM1 where ``split_k2`` is given), with K and N spanning
+    several tiles (BLOCK_K 64 over H=128, BLOCK_N 32 over I=128), for 9 tokens (aligned
+    blocks) and for one (slot-led blocks, no align launch). The interpreter runs the
+    portable decode; the inline-PTX one is checked on the GPU (test_triton_gpu.py). A
+    register limit (PTX's ``.maxnreg``, applied with that decode only) leaves the
+    portable path as it is."""
     config, seed = _BASE.replace(weight_format=fmt, expert_map=expert_map), fresh_seed()
     weights = random_weights(config, seed=seed)
     converted = hooks.convert_weights(config, weights, CPU)
     emap = None if expert_map is None else torch.tensor(expert_map, dtype=torch.int32)
     tiles = dataclasses.replace(INTERPRETER_TILES, block_n1=32, block_n2=32, block_k=64,
-                                swap=swap, split_k=split_k, max_registers=max_registers)
+                                swap=swap, split_k=split_k, split_k2=split_k2,
+                                max_registers=max_registers)
     for m in (9, 1):
         x, logits = inputs(config, m, seed + m)
         topk_weights, topk_ids = route(logits, config)

@@ -287,7 +287,7 @@ def moe_forward(
     dev, dtype, slots = hidden_states.device, hidden_states.dtype, m * top_k
     run = _Launcher(weights, tiles, asm, interpret, dtype, topk_ids.reshape(-1).to(torch.int32),
                     topk_weights.reshape(-1).to(torch.float32), expert_map, num_experts, top_k)
-    split = tiles.split_k
+    split, split2 = tiles.split_k, tiles.gemm2_split
     act = torch.empty(slots, weights.intermediate_size, dtype=dtype, device=dev)
     if split > 1:
         partials = torch.empty(split, slots, 2 * weights.intermediate_size, dtype=torch.float32,
@@ -296,11 +296,11 @@ def moe_forward(
         run.activation(partials, act)
     else:
         run.gemm(hidden_states, act, gated=True, split=1)
-    if split == 1 and top_k == 1 and expert_map is None:
+    if split2 == 1 and top_k == 1 and expert_map is None:
         run.gemm(act, out, gated=False, split=1)  # each token's one slot is its output row
         return out
-    slot_out = torch.empty(split, slots, hidden, dtype=torch.float32 if split > 1 else dtype,
+    slot_out = torch.empty(split2, slots, hidden, dtype=torch.float32 if split2 > 1 else dtype,
                            device=dev)
-    run.gemm(act, slot_out, gated=False, split=split)
+    run.gemm(act, slot_out, gated=False, split=split2)
     run.sum_slots(slot_out, out)
     return out

@@ -31,7 +31,9 @@ class Tiles:
     on NVIDIA GPUs) or "manual" (portable Triton operations, used elsewhere), see
     :mod:`.kernels`; ``swap``: weights as the left operand; ``split_k``: slices of K
     computed by separate programs and summed in a fixed order afterwards (more programs
-    in flight when few blocks exist, at decode sizes). ``max_registers``: the GEMMs'
+    in flight when few blocks exist, at decode sizes); ``split_k2``: GEMM2's own number
+    of slices (None: ``split_k``; GEMM2's programs read half the bytes of GEMM1's, so the
+    best split can differ). ``max_registers``: the GEMMs'
     register limit per thread (PTX ``.maxnreg``; None leaves it to ptxas). Besides
     capping, a limit changes ptxas's allocation below it: without one ptxas trades
     registers for occupancy on its own, with a generous one it does not. A tuning knob
@@ -53,6 +55,7 @@ class Tiles:
     split_k: int = 1
     max_registers: int | None = None
     tail_m: int = 0
+    split_k2: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -63,6 +66,8 @@ class Tiles:
             raise ValueError(f"block_k: expected a multiple of 64, got {self.block_k}")
         if not 1 <= self.split_k <= 16:
             raise ValueError(f"split_k: expected 1..16, got {self.split_k}")
+        if self.split_k2 is not None and not 1 <= self.split_k2 <= 16:
+            raise ValueError(f"split_k2: expected None or 1..16, got {self.split_k2}")
         if self.max_registers is not None and not 32 <= self.max_registers <= 255:
             raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
         if self.tail_m and (self.tail_m < 16 or self.tail_m & (self.tail_m - 1)
@@ -72,6 +77,11 @@ class Tiles:
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
+
+    @property
+    def gemm2_split(self) -> int:
+        """GEMM2's number of K slices."""
+        return self.split_k if self.split_k2 is None else self.split_k2
 
 # (largest M or None for any, largest mean rows per expert or None for any, tiles), in
 # increasing size; the first entry whose two bounds hold is taken, the last covers the
