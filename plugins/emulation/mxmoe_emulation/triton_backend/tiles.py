@@ -83,6 +83,7 @@ class Tiles:
         """GEMM2's number of K slices."""
         return self.split_k if self.split_k2 is None else self.split_k2
 
+
 # (largest M or None for any, largest mean rows per expert or None for any, tiles), in
 # increasing size; the first entry whose two bounds hold is taken, the last covers the
 # rest. Measured with the fragment-word decode (v15, benchmarks/triton_notes.md; sweeps
@@ -96,7 +97,12 @@ _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
     # 0.435 for two slices, 64 0.563 vs 0.582, 256 0.657 vs 0.706).
     (1, None, Tiles(16, 64, 64, 128, 4, 3, split_k=2)),
     (2, None, Tiles(16, 64, 64, 128, 4, 3)),
-    (256, 0.5, Tiles(16, 64, 64, 128, 4, 3, split_k=2)),
+    (256, 0.125, Tiles(16, 64, 64, 128, 4, 3, split_k=2)),
+    # above an eighth of a row per expert GEMM2 unsplit (v25, sweep 62: gpt-oss-120b M = 8
+    # 0.157-0.158 vs 0.162-0.163, 16 0.271 vs 0.275, gpt-oss-20b M = 4 0.0844 vs 0.0856;
+    # at 120b M = 4 0.102 vs 0.100, so not below): its programs then read as many bytes
+    # as GEMM1's
+    (256, 0.5, Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1)),
     (256, 8.0, Tiles(16, 64, 64, 128, 4, 3)),
     # 8-16 rows per expert: 32-token blocks halve the padded MMA work of 64-token ones
     # and still decode each weight about once (M = 512 0.72 vs 0.94 ms for the 64-token
