@@ -206,8 +206,9 @@ def _publish_block(sorted_slots_ptr, block_expert_ptr, block_rows_ptr, blk, expe
                    slots, m_mask, BLOCK_M: tl.constexpr):
     """Write slot-led block ``blk`` as a row of the align step's table (0 rows when its slot
     leads none), so that GEMM2, which runs after GEMM1 anyway, reads its block instead of
-    scanning the ids again: at decode sizes GEMM2's programs are short, and the scan was
-    about a third of their time (ncu, M = 8)."""
+    scanning the ids again (GEMM2's programs are short at decode sizes: the scan was a
+    third of their ncu samples at M = 8; in the layer, under programmatic dependent
+    launch, dropping it saves ~1 %, benchmarks/triton_notes.md v24)."""
     tl.store(block_rows_ptr + blk, tl.where(leads, tl.sum(m_mask.to(tl.int32), axis=0), 0))
     tl.store(block_expert_ptr + blk, expert)
     tl.store(sorted_slots_ptr + blk * BLOCK_M + tl.arange(0, BLOCK_M), slots, mask=m_mask)
@@ -698,9 +699,10 @@ def moe_gemm_kernel(
     (and ``map_ptr`` with ``HAS_MAP``), and the block's first program writes it to the
     three block-table pointers (:func:`_publish_block`; GEMM1 runs this way, GEMM2 then
     reads the table). Otherwise ``ids_ptr``/``map_ptr`` are unused and the table (the
-    align step's, or the one GEMM1 published) gives the blocks. With ``TAIL_M`` > 0, a table block of at most TAIL_M rows is computed as a
-    TAIL_M-row tile (:func:`_block_product` is compiled for both widths), so an expert's
-    nearly empty last block does not pay BLOCK_M rows of MMA.
+    align step's, or the one GEMM1 published) gives the blocks. With ``TAIL_M`` > 0, a
+    table block of at most TAIL_M rows is computed as a TAIL_M-row tile
+    (:func:`_block_product` is compiled for both widths), so an expert's nearly empty
+    last block does not pay BLOCK_M rows of MMA.
     """
     _wait_for_inputs(PDL)
     pid = tl.program_id(0)

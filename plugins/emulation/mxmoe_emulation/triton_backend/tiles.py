@@ -33,8 +33,8 @@ class Tiles:
     computed by separate programs and summed in a fixed order afterwards (more programs
     in flight when few blocks exist, at decode sizes); ``split_k2``: GEMM2's own number
     of slices (None: ``split_k``; GEMM2's programs read half the bytes of GEMM1's, so the
-    best split can differ). ``max_registers``: the GEMMs'
-    register limit per thread (PTX ``.maxnreg``; None leaves it to ptxas). Besides
+    best split can differ). ``max_registers``: the GEMMs' register limit per thread
+    (PTX ``.maxnreg``; None leaves it to ptxas). Besides
     capping, a limit changes ptxas's allocation below it: without one ptxas trades
     registers for occupancy on its own, with a generous one it does not. A tuning knob
     for sweeps (benchmarks/triton_notes.md, v13b): the current table measured best
@@ -76,7 +76,6 @@ class Tiles:
                              f"({self.block_m}), got {self.tail_m}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
-
 
     @property
     def gemm2_split(self) -> int:
