@@ -82,8 +82,7 @@ def test_layer_matches_reference(name: str) -> None:
         assert err <= tolerance(config), f"{name} M={m} seed={seed}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize(
-    ("fmt", "swap", "split_k", "split_k2", "expert_map", "max_registers"), [
+@pytest.mark.parametrize(("fmt", "swap", "split_k", "split_k2", "expert_map", "max_registers"), [
     ("mxfp4", True, 1, 3, None, None), ("mxfp4", False, 2, 1, None, 64),
     ("mxfp8", True, 3, None, (0, -1, 1, -1, -1, 2, -1, 3), None),
     ("mxfp8", False, 1, None, None, None),

@@ -131,6 +131,15 @@ def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+def _block_table(blocks: int, block_m: int, device: torch.device,
+                 scratch: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+    """The GEMMs' block table, uninitialized, as one int32 allocation: (sorted_slots
+    [blocks * block_m], block_expert [blocks], block_rows [blocks]), then one tensor per
+    ``scratch`` length. Written by the align step, or by GEMM1's slot-led programs."""
+    sizes = [blocks * block_m, blocks, blocks, *scratch]
+    return torch.empty(sum(sizes), dtype=torch.int32, device=device).split(sizes)
+
+
 def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
            num_experts: int, block_m: int,
            pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,11 +147,9 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
     num_slots = ids.numel()
     blocks = num_blocks_bound(num_slots, num_local, block_m)
     e_pad = triton.next_power_of_2(num_local)
-    # one allocation: the outputs, then scratch (counts, row starts, ranks)
-    buf = torch.empty(blocks * block_m + 2 * blocks + 2 * e_pad + num_slots, dtype=torch.int32,
-                      device=ids.device)
-    sorted_slots, block_expert, block_rows, counts, row_start, rank = buf.split(
-        [blocks * block_m, blocks, blocks, e_pad, e_pad, num_slots])
+    # the table, then scratch (counts, row starts, ranks)
+    sorted_slots, block_expert, block_rows, counts, row_start, rank = _block_table(
+        blocks, block_m, ids.device, (e_pad, e_pad, num_slots))
     chunk, one_step, warps = _align_chunk(num_slots, e_pad)
     align_kernel[(1,)](
         ids, _map_argument(ids, expert_map), sorted_slots, block_expert, block_rows,
@@ -174,9 +181,7 @@ class _Launcher:
         self.slots_pad = (triton.next_power_of_2(num_slots)
                           if slot_led(num_slots, num_local, tiles.block_m) else 0)
         if self.slots_pad:
-            self.table = torch.empty(num_slots * (tiles.block_m + 2), dtype=torch.int32,
-                                     device=ids.device).split(
-                [num_slots * tiles.block_m, num_slots, num_slots])
+            self.table = _block_table(num_slots, tiles.block_m, ids.device)
         else:
             self.table = _align(ids, expert_map, num_local, num_experts, tiles.block_m,
                                 self.pdl)

@@ -34,9 +34,9 @@ class Tiles:
     in flight when few blocks exist, at decode sizes); ``split_k2``: GEMM2's own number
     of slices (None: ``split_k``; GEMM2's programs read half the bytes of GEMM1's, so the
     best split can differ). ``max_registers``: the GEMMs' register limit per thread
-    (PTX ``.maxnreg``; None leaves it to ptxas). Besides
-    capping, a limit changes ptxas's allocation below it: without one ptxas trades
-    registers for occupancy on its own, with a generous one it does not. A tuning knob
+    (PTX ``.maxnreg``; None leaves it to ptxas). Besides capping, a limit changes
+    ptxas's allocation below it: without one ptxas trades registers for occupancy on
+    its own, with a generous one it does not. A tuning knob
     for sweeps (benchmarks/triton_notes.md, v13b): the current table measured best
     without it. ``tail_m``: blocks with at most this many rows (an expert's last, partly
     filled block) multiply as a narrower tile of ``tail_m`` token rows instead of
