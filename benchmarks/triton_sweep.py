@@ -130,6 +130,12 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-64x128-w4-s3-k3-g2": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=2),
     "s16-64x128-w4-s3-k1-g2": Tiles(16, 64, 64, 128, 4, 3, split_k2=2),
     "s16-64x128-w4-s3-k3-g1": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=1),
+    # v26: GEMM2 on GEMM1's tile shape, 128 weight rows per program ("-n128": block_n2)
+    "s16-64x128-w4-s3-k2-n128g1": Tiles(16, 64, 128, 128, 4, 3, split_k=2, split_k2=1),
+    "s16-64x128-w4-s3-k2-n128g2": Tiles(16, 64, 128, 128, 4, 3, split_k=2, split_k2=2),
+    "s16-64x128-w4-s3-k2-n128g3": Tiles(16, 64, 128, 128, 4, 3, split_k=2, split_k2=3),
+    "s16-64x128-w4-s3-n128": Tiles(16, 64, 128, 128, 4, 3),
+    "s16-64x128-w4-s3-n128g2": Tiles(16, 64, 128, 128, 4, 3, split_k2=2),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
