@@ -136,6 +136,12 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-64x128-w4-s3-k2-n128g3": Tiles(16, 64, 128, 128, 4, 3, split_k=2, split_k2=3),
     "s16-64x128-w4-s3-n128": Tiles(16, 64, 128, 128, 4, 3),
     "s16-64x128-w4-s3-n128g2": Tiles(16, 64, 128, 128, 4, 3, split_k2=2),
+    "s16-64x128-w4-s4-k2-g1": Tiles(16, 64, 64, 128, 4, 4, split_k=2, split_k2=1),
+    "s16-64x128-w4-s3-k2-g1-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1, num_stages2=4),
+    "s16-64x128-w4-s3-k2-g1-t5": Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1, num_stages2=5),
+    "s16-64x128-w4-s3-k2-g1-t6": Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1, num_stages2=6),
+    "s16-64x128-w4-s3-t4": Tiles(16, 64, 64, 128, 4, 3, num_stages2=4),
+    "s16-64x128-w4-s3-t5": Tiles(16, 64, 64, 128, 4, 3, num_stages2=5),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

@@ -47,6 +47,8 @@ class TestTritonConformanceGPU(BackendConformance):
     Tiles(16, 64, 64, 128, 4, 3, max_registers=112),
     Tiles(16, 64, 64, 128, 4, 3, split_k=3),
     Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1),
+    Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1, num_stages2=4),
+    Tiles(16, 64, 64, 128, 4, 3, num_stages2=4),
     Tiles(32, 64, 64, 128, 4, 3),
     Tiles(128, 64, 64, 128, 4, 2), Tiles(128, 128, 128, 64, 8, 3), Tiles(64, 128, 128, 64, 8, 3),
     Tiles(64, 128, 128, 64, 8, 3, tail_m=16), Tiles(128, 128, 128, 64, 8, 3, tail_m=32),

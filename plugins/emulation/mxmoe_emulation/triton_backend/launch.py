@@ -49,13 +49,14 @@ def _align_chunk(num_slots: int, e_pad: int) -> tuple[int, bool, int]:
     """(slots per step, one step in registers, warps) of the one-program align kernel.
     Calls whose [slots, experts] one-hot fits in registers take one step without atomics
     (gpt-oss-120b up to 64 slots, gpt-oss-20b up to 256); larger ones up to 4096 slots a
-    step with 16 warps, where each step waits a round trip for its atomics (16384 slots
-    in 1024-slot steps took 54 µs)."""
+    step, where each step waits a round trip for its atomics (16384 slots in 1024-slot
+    steps took 54 µs). The kernel is a chain of dependent steps in one program, so more
+    warps than its tiles need shorten it: 8 and 16 warps measured 1-5 µs faster than 4
+    (benchmarks/triton_notes.md, v26)."""
     chunk = max(16, triton.next_power_of_2(num_slots))
     if chunk * e_pad <= ONE_HOT_MAX:
-        return chunk, True, max(4, min(16, chunk * e_pad // 2048))
-    chunk = min(4096, max(128, chunk))
-    return chunk, False, max(4, min(16, chunk // 256))
+        return chunk, True, max(8, min(16, chunk * e_pad // 2048))
+    return min(4096, max(128, chunk)), False, 16
 
 
 def _global_experts(num_local: int, expert_map: torch.Tensor | None) -> int:
@@ -155,7 +156,7 @@ def _align(ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int,
         ids, _map_argument(ids, expert_map), sorted_slots, block_expert, block_rows,
         counts, rank, row_start, num_slots, blocks, num_experts,
         NUM_LOCAL=num_local, E_PAD=e_pad, HAS_MAP=expert_map is not None, BLOCK_M=block_m,
-        CHUNK=chunk, ONE_STEP=one_step, BLOCK_CHUNK=max(16, 4096 // e_pad), PDL=pdl,
+        CHUNK=chunk, ONE_STEP=one_step, BLOCK_CHUNK=max(16, ONE_HOT_MAX // e_pad), PDL=pdl,
         num_warps=warps, launch_pdl=pdl, **_COMPILER,
     )
     return sorted_slots, block_expert, block_rows
@@ -234,7 +235,7 @@ class _Launcher:
             SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
             SLOTS_PAD=self.slots_pad if gated else 0, TAIL_M=tiles.tail_m,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
-            PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages if gated else tiles.gemm2_stages,
             launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
         )
 

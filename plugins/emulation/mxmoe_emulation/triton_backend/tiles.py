@@ -33,7 +33,8 @@ class Tiles:
     computed by separate programs and summed in a fixed order afterwards (more programs
     in flight when few blocks exist, at decode sizes); ``split_k2``: GEMM2's own number
     of slices (None: ``split_k``; GEMM2's programs read half the bytes of GEMM1's, so the
-    best split can differ). ``max_registers``: the GEMMs' register limit per thread
+    best split can differ); ``num_stages2``: GEMM2's pipeline depth (None:
+    ``num_stages``). ``max_registers``: the GEMMs' register limit per thread
     (PTX ``.maxnreg``; None leaves it to ptxas). Besides capping, a limit changes
     ptxas's allocation below it: without one ptxas trades registers for occupancy on
     its own, with a generous one it does not. A tuning knob
@@ -56,6 +57,7 @@ class Tiles:
     max_registers: int | None = None
     tail_m: int = 0
     split_k2: int | None = None
+    num_stages2: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -68,6 +70,10 @@ class Tiles:
             raise ValueError(f"split_k: expected 1..16, got {self.split_k}")
         if self.split_k2 is not None and not 1 <= self.split_k2 <= 16:
             raise ValueError(f"split_k2: expected None or 1..16, got {self.split_k2}")
+        for name in ("num_stages", "num_stages2"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= 8:
+                raise ValueError(f"{name}: expected 1..8, got {value}")
         if self.max_registers is not None and not 32 <= self.max_registers <= 255:
             raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
         if self.tail_m and (self.tail_m < 16 or self.tail_m & (self.tail_m - 1)
@@ -76,6 +82,11 @@ class Tiles:
                              f"({self.block_m}), got {self.tail_m}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
+
+    @property
+    def gemm2_stages(self) -> int:
+        """GEMM2's pipeline depth."""
+        return self.num_stages if self.num_stages2 is None else self.num_stages2
 
     @property
     def gemm2_split(self) -> int:
@@ -100,9 +111,11 @@ _GPU_TABLE: tuple[tuple[int | None, float | None, Tiles], ...] = (
     # above an eighth of a row per expert GEMM2 unsplit (v25, sweep 62: gpt-oss-120b M = 8
     # 0.157-0.158 vs 0.162-0.163, 16 0.271 vs 0.275, gpt-oss-20b M = 4 0.0844 vs 0.0856;
     # at 120b M = 4 0.102 vs 0.100, so not below): its programs then read as many bytes
-    # as GEMM1's
-    (256, 0.5, Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1)),
-    (256, 8.0, Tiles(16, 64, 64, 128, 4, 3)),
+    # as GEMM1's. From an eighth of a row per expert to eight rows GEMM2 runs four stages
+    # deep (v26, sweep 65: M = 8-64 -0.4 to -0.9 %): its programs hold half as many bytes
+    # per stage as GEMM1's.
+    (256, 0.5, Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1, num_stages2=4)),
+    (256, 8.0, Tiles(16, 64, 64, 128, 4, 3, num_stages2=4)),
     # 8-16 rows per expert: 32-token blocks halve the padded MMA work of 64-token ones
     # and still decode each weight about once (M = 512 0.72 vs 0.94 ms for the 64-token
     # eight-warp tile, 0.79 for the 16-token one).
