@@ -208,9 +208,11 @@ class _Launcher:
         if gated:
             wq, scale, bias, block_n = w.w13, w.w13_scale, w.w13_bias, tiles.block_n1
             n, k, scale_bias = w.intermediate_size, w.hidden_size, w.w13_scale_bias
+            stages = tiles.num_stages
         else:
             wq, scale, bias, block_n = w.w2, w.w2_scale, w.w2_bias, tiles.block_n2
             n, k, scale_bias = w.hidden_size, w.intermediate_size, w.w2_scale_bias
+            stages = tiles.gemm2_stages
         scale_bias, acc_scale = self._scale_bias(scale_bias)
         fp4 = math.weight_format == "mxfp4"
         if fp4:  # fragment words: the kernel addresses 32-bit words (layout.py)
@@ -235,7 +237,7 @@ class _Launcher:
             SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
             SLOTS_PAD=self.slots_pad if gated else 0, TAIL_M=tiles.tail_m,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
-            PDL=self.pdl, num_warps=tiles.num_warps, num_stages=tiles.num_stages if gated else tiles.gemm2_stages,
+            PDL=self.pdl, num_warps=tiles.num_warps, num_stages=stages,
             launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
         )
 
