@@ -142,6 +142,11 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-64x128-w4-s3-k2-g1-t6": Tiles(16, 64, 64, 128, 4, 3, split_k=2, split_k2=1, num_stages2=6),
     "s16-64x128-w4-s3-t4": Tiles(16, 64, 64, 128, 4, 3, num_stages2=4),
     "s16-64x128-w4-s3-t5": Tiles(16, 64, 64, 128, 4, 3, num_stages2=5),
+    # v27: splits against the number of experts touched (wave quantization)
+    "s16-64x128-w4-s3-k2-g2-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=2, num_stages2=4),
+    "s16-64x128-w4-s3-k3-g1-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=1, num_stages2=4),
+    "s16-64x128-w4-s3-k3-g2-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=2, num_stages2=4),
+    "s16-64x128-w4-s3-k4-g2-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=4, split_k2=2, num_stages2=4),
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",
