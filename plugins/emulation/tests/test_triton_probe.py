@@ -176,7 +176,7 @@ def test_pdl_switch_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"split_k": 0}, r"split_k: expected 1\.\.16"),
     ({"split_k2": 17}, r"split_k2: expected None or 1\.\.16, got 17"),
     ({"num_stages": 0}, r"num_stages: expected 1\.\.8, got 0"),
-    ({"num_stages2": 9}, r"num_stages2: expected 1\.\.8, got 9"),
+    ({"num_stages2": 9}, r"num_stages2: expected None or 1\.\.8, got 9"),
     ({"max_registers": 16}, r"max_registers: expected None or 32\.\.255"),
     ({"decode": "lut"}, r"decode: expected 'asm' or 'manual'"),
     ({"tail_m": 8}, r"tail_m: expected 0 or a power of two >= 16 below block_m \(16\), got 8"),

@@ -70,10 +70,10 @@ class Tiles:
             raise ValueError(f"split_k: expected 1..16, got {self.split_k}")
         if self.split_k2 is not None and not 1 <= self.split_k2 <= 16:
             raise ValueError(f"split_k2: expected None or 1..16, got {self.split_k2}")
-        for name in ("num_stages", "num_stages2"):
-            value = getattr(self, name)
-            if value is not None and not 1 <= value <= 8:
-                raise ValueError(f"{name}: expected 1..8, got {value}")
+        if not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages: expected 1..8, got {self.num_stages}")
+        if self.num_stages2 is not None and not 1 <= self.num_stages2 <= 8:
+            raise ValueError(f"num_stages2: expected None or 1..8, got {self.num_stages2}")
         if self.max_registers is not None and not 32 <= self.max_registers <= 255:
             raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
         if self.tail_m and (self.tail_m < 16 or self.tail_m & (self.tail_m - 1)
