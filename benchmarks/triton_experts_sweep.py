@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     config = preset(args.preset)
     weights = convert(config, device_weights(config, device, seed=1))
     m, k, e = args.tokens, config.top_k, config.num_experts
+    variants = args.variants.split(",")
     rng = random.Random(0)
     xs = [torch.randn(m, config.hidden_size, device=device).to(config.dtype) for _ in range(SETS)]
     results: dict[str, dict[int, list[float]]] = {}
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = [routing(rng, e, m, k, touched, device) for _ in range(SETS)]
         tw = [torch.softmax(torch.randn(m, k, device=device), -1) for _ in range(SETS)]
         for _ in range(args.rounds):
-            for name in args.variants.split(","):
+            for name in variants:
                 tiles = resolve(name, m, m * k / e)
 
                 def call(i: int, tiles=tiles) -> torch.Tensor:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault(name, {}).setdefault(touched, []).append(us)
         print(f"E_t={touched:3d} " + " ".join(
             f"{name}: {' / '.join(f'{t:.1f}' for t in results[name][touched])} us"
-            for name in args.variants.split(",")), flush=True)
+            for name in variants), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(device), "preset": args.preset,
