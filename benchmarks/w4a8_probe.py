@@ -65,6 +65,16 @@ or.b32 $1, m, t2;
 
 
 @triton.jit
+def _block_and_tile(N, BLOCK_N: tl.constexpr):
+    """(token block, weight tile) of this program: a block's tiles are consecutive
+    programs, so its activation rows stay in L2 while every tile reads them (the order
+    of the backend's GEMMs)."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    return pid // n_tiles, pid % n_tiles
+
+
+@triton.jit
 def w4a8_kernel(x_ptr, xs_ptr, w_ptr, u_ptr, rowf_ptr, out_ptr, R, N, K, K_PAD, GROUPS,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PROMOTE: tl.constexpr):
     """One [BLOCK_N weight rows, BLOCK_M token rows] output tile, 128 columns of K a step.
@@ -73,8 +83,7 @@ def w4a8_kernel(x_ptr, xs_ptr, w_ptr, u_ptr, rowf_ptr, out_ptr, R, N, K, K_PAD, 
     32-column block, c the lane's column, i the byte), the high ones those + 16, so the
     activation tile is read as two matching halves and no register moves between the
     decode and the tensor cores."""
-    blk = tl.program_id(0)
-    nt = tl.program_id(1)
+    blk, nt = _block_and_tile(N, BLOCK_N)
     blocks_per_expert = tl.cdiv(R, BLOCK_M)
     expert = blk // blocks_per_expert
     m0 = (blk % blocks_per_expert) * BLOCK_M
@@ -137,8 +146,7 @@ def fp8_dense_kernel(x_ptr, w_ptr, out_ptr, R, N, K,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The bound without a decode: E4M3 weights [E, N, K] read as they are (a plain
     FP8 grouped GEMM, both operands through shared memory), 128 columns a step."""
-    blk = tl.program_id(0)
-    nt = tl.program_id(1)
+    blk, nt = _block_and_tile(N, BLOCK_N)
     blocks_per_expert = tl.cdiv(R, BLOCK_M)
     expert = blk // blocks_per_expert
     offs_m = (blk % blocks_per_expert) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -251,7 +259,7 @@ def main() -> None:
     for spec in args.tiles.split(","):
         promote = not spec.endswith("np")
         bm, bn, nw, ns = (int(v) for v in spec.removesuffix("np").split("x"))
-        grid = (E * triton.cdiv(R, bm), triton.cdiv(N, bn))
+        grid = (E * triton.cdiv(R, bm) * triton.cdiv(N, bn),)
         fn = lambda: w4a8_kernel[grid](x8, xs, wq, u, rowf, out, R, N, K, k_pad,  # noqa: E731
                                        xs.shape[1], BLOCK_M=bm, BLOCK_N=bn, PROMOTE=promote, num_warps=nw,
                                        num_stages=ns)
@@ -275,7 +283,7 @@ def main() -> None:
         w8[e] = (wd / rowf[e][:, None]).to(torch.float8_e4m3fn)
     for spec in filter(None, args.dense_tiles.split(",")):
         bm, bn, nw, ns = (int(v) for v in spec.split("x"))
-        grid = (E * triton.cdiv(R, bm), triton.cdiv(N, bn))
+        grid = (E * triton.cdiv(R, bm) * triton.cdiv(N, bn),)
         fn = lambda: fp8_dense_kernel[grid](x8, w8, out, R, N, K, BLOCK_M=bm,  # noqa: E731
                                             BLOCK_N=bn, num_warps=nw, num_stages=ns)
         fn()
