@@ -240,8 +240,8 @@ def main() -> None:
     out = torch.empty(E * R, N, device=dev, dtype=torch.bfloat16)
     # reference in float32, one expert at a time
     ref = torch.empty(E * R, N, device=dev, dtype=torch.float32)
-    xdeq = torch.nn.functional.pad(x8.float(), (0, -K % 128)).reshape(E * R, -1, 128) * xs[..., None]
-    xdeq = xdeq.reshape(E * R, -1)[:, :K]
+    xdeq = torch.nn.functional.pad(x8.float(), (0, -K % 128)).reshape(E * R, -1, 128)
+    xdeq = (xdeq * xs[..., None]).reshape(E * R, -1)[:, :K]
     ref_unscaled = torch.empty_like(ref)
     for e in range(E):
         wd = dequantize_mx(packed[e], scales[e], "mxfp4", dtype=torch.float32)
@@ -261,8 +261,8 @@ def main() -> None:
         bm, bn, nw, ns = (int(v) for v in spec.removesuffix("np").split("x"))
         grid = (E * triton.cdiv(R, bm) * triton.cdiv(N, bn),)
         fn = lambda: w4a8_kernel[grid](x8, xs, wq, u, rowf, out, R, N, K, k_pad,  # noqa: E731
-                                       xs.shape[1], BLOCK_M=bm, BLOCK_N=bn, PROMOTE=promote, num_warps=nw,
-                                       num_stages=ns)
+                                       xs.shape[1], BLOCK_M=bm, BLOCK_N=bn, PROMOTE=promote,
+                                       num_warps=nw, num_stages=ns)
         try:
             fn()
             torch.cuda.synchronize()
