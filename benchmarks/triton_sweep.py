@@ -147,11 +147,6 @@ VARIANTS: dict[str, Tiles | None] = {
     "s16-64x128-w4-s3-k3-g1-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=1, num_stages2=4),
     "s16-64x128-w4-s3-k3-g2-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=3, split_k2=2, num_stages2=4),
     "s16-64x128-w4-s3-k4-g2-t4": Tiles(16, 64, 64, 128, 4, 3, split_k=4, split_k2=2, num_stages2=4),
-    # v29: GEMM2 256 deep ("-d256": block_k2), "-rN" GEMM2's own register limit
-    **{f"s16-64x128-w4-s3{k}-d256-t{t}{r}": Tiles(16, 64, 64, 128, 4, 3, split_k=ks, split_k2=1,
-                                                 num_stages2=t, block_k2=256, max_registers2=rv)
-       for k, ks in (("-k2-g1", 2), ("", 1)) for t in (2, 3)
-       for r, rv in (("", None), ("-r96", 96))},
 }
 
 DECODE_VARIANTS = ("table", "s16-32x256-w2-s3", "s16-32x128-w2-s3", "s16-32x128-w2-s4",

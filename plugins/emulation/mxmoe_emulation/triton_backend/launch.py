@@ -187,9 +187,11 @@ class _Launcher:
             self.table = _align(ids, expert_map, num_local, num_experts, tiles.block_m,
                                 self.pdl)
 
-    def register_limit(self, limit: int | None) -> dict[str, int]:
-        """A GEMM's register limit as a launch option: PTX's ``.maxnreg``, so only with
+    @property
+    def register_limit(self) -> dict[str, int]:
+        """The GEMMs' register limit as a launch option: PTX's ``.maxnreg``, so only with
         the NVIDIA (inline-PTX) decode."""
+        limit = self.tiles.max_registers
         return {"maxnreg": limit} if limit is not None and self.asm else {}
 
     def _scale_bias(self, bias: int) -> tuple[int, float]:
@@ -206,12 +208,11 @@ class _Launcher:
         if gated:
             wq, scale, bias, block_n = w.w13, w.w13_scale, w.w13_bias, tiles.block_n1
             n, k, scale_bias = w.intermediate_size, w.hidden_size, w.w13_scale_bias
-            stages, block_k, registers = tiles.num_stages, tiles.block_k, tiles.max_registers
+            stages = tiles.num_stages
         else:
             wq, scale, bias, block_n = w.w2, w.w2_scale, w.w2_bias, tiles.block_n2
             n, k, scale_bias = w.hidden_size, w.intermediate_size, w.w2_scale_bias
-            stages, block_k = tiles.gemm2_stages, tiles.gemm2_block_k
-            registers = tiles.gemm2_registers
+            stages = tiles.gemm2_stages
         scale_bias, acc_scale = self._scale_bias(scale_bias)
         fp4 = math.weight_format == "mxfp4"
         if fp4:  # fragment words: the kernel addresses 32-bit words (layout.py)
@@ -235,9 +236,9 @@ class _Launcher:
             EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
             SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
             SLOTS_PAD=self.slots_pad if gated else 0, TAIL_M=tiles.tail_m,
-            BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=stages,
-            launch_pdl=self.pdl, **self.register_limit(registers), **_COMPILER,
+            launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
         )
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:

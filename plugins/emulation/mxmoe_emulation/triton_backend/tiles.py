@@ -58,8 +58,6 @@ class Tiles:
     tail_m: int = 0
     split_k2: int | None = None
     num_stages2: int | None = None
-    block_k2: int | None = None
-    max_registers2: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -76,14 +74,8 @@ class Tiles:
             raise ValueError(f"num_stages: expected 1..8, got {self.num_stages}")
         if self.num_stages2 is not None and not 1 <= self.num_stages2 <= 8:
             raise ValueError(f"num_stages2: expected None or 1..8, got {self.num_stages2}")
-        for name in ("max_registers", "max_registers2"):
-            value = getattr(self, name)
-            if value is not None and not 32 <= value <= 255:
-                raise ValueError(f"{name}: expected None or 32..255, got {value}")
-        if self.block_k2 is not None and (self.block_k2 < 64 or self.block_k2 % 64
-                                          or self.block_k2 & (self.block_k2 - 1)):
-            raise ValueError(f"block_k2: expected None or a power of two >= 64, "
-                             f"got {self.block_k2}")
+        if self.max_registers is not None and not 32 <= self.max_registers <= 255:
+            raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
         if self.tail_m and (self.tail_m < 16 or self.tail_m & (self.tail_m - 1)
                             or self.tail_m >= self.block_m):
             raise ValueError(f"tail_m: expected 0 or a power of two >= 16 below block_m "
@@ -95,16 +87,6 @@ class Tiles:
     def gemm2_stages(self) -> int:
         """GEMM2's pipeline depth."""
         return self.num_stages if self.num_stages2 is None else self.num_stages2
-
-    @property
-    def gemm2_block_k(self) -> int:
-        """GEMM2's reduction depth per step."""
-        return self.block_k if self.block_k2 is None else self.block_k2
-
-    @property
-    def gemm2_registers(self) -> int | None:
-        """GEMM2's register limit."""
-        return self.max_registers if self.max_registers2 is None else self.max_registers2
 
     @property
     def gemm2_split(self) -> int:
