@@ -1,16 +1,21 @@
-"""Both GEMMs in one persistent launch at decode sizes? (notes, v31)
+"""Both GEMMs in one launch at decode sizes? (notes, v31)
 
 v30 found that at M = 8 the weights already stream about as fast as a plain read of the
 same bytes, and that what is left is the GEMMs' start-up and drain: four launches in a
-row, GEMM2 a short two-wave stream. This probe runs GEMM1 and GEMM2 as the work units of one
-launch, one unit a program: each program takes the next unit from a counter (GEMM1's
-units first), and a GEMM2 unit of a block waits until every GEMM1 unit of that block has
-stored its activation rows (a counter per block: a barrier and a release increment
-after the stores, an acquire spin and a barrier before the loads). Units go out in the
-order programs start, so a waiting program only waits for units that started programs
-hold: it cannot deadlock. (A persistent form, programs looping over units, needed
-216 registers against the GEMMs' ~100 and spilled under a limit.) GEMM1 runs unsplit, so its epilogue applies the
-activation and no activation launch remains; the top-k sum stays a launch of its own.
+row, GEMM2 a short two-wave stream. This probe runs GEMM1 and GEMM2 as the work units
+of one launch, one unit a program:
+
+* each program takes the next unit from a counter, GEMM1's units first;
+* a GEMM2 unit of a block waits until every GEMM1 unit of that block has stored its
+  activation rows: a counter per block, raised after a barrier by a release increment,
+  read by an acquire spin followed by a barrier;
+* units go out in the order programs start, so a waiting program only waits for units
+  that started programs hold: it cannot deadlock;
+* GEMM1 runs unsplit, so its epilogue applies the activation and no activation launch
+  remains; the top-k sum stays a launch of its own.
+
+A persistent form (programs looping over units) needed 216 registers against the
+GEMMs' ~100 and spilled under a limit, so it is not measured.
 
 It times, as CUDA-graph replays on the bench's inputs (gpt-oss-120b):
 
