@@ -77,6 +77,8 @@ def stream_kernel(w_ptr, experts_ptr, out_ptr, units, tiles_per_expert, steps,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experts", default="29,128", help="experts touched, comma-separated")
+    p.add_argument("--total-experts", type=int, default=128,
+                   help="experts stored (more than 128 for multi-GB reads)")
     p.add_argument("--rows", type=int, default=2880, help="weight rows N (GEMM2: H)")
     p.add_argument("--k", type=int, default=2944, help="K, padded to 128 (GEMM2: I)")
     p.add_argument("--per-sm", default="4,5,6")
@@ -84,7 +86,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     dev = torch.device("cuda")
-    total_experts = 128
+    total_experts = args.total_experts
     n, k = args.rows, args.k
     steps = k // 128
     expert_words = n * k // 8
@@ -92,6 +94,22 @@ def main() -> None:
                       dtype=torch.int32)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     rows = []
+    # the bench's ceiling, on the same bytes: torch.sum of the whole tensor
+    flat = w.view(torch.float32)
+    for _ in range(3):
+        flat.sum()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(10):
+        flat.sum()
+    b.record()
+    b.synchronize()
+    ms = a.elapsed_time(b) / 10
+    print(f"torch.sum of all {w.numel() * 4 / 1e6:.0f} MB: {ms * 1e3:.1f} us "
+          f"{w.numel() * 4 / ms / 1e9:.2f} TB/s", flush=True)
+    rows.append({"experts": total_experts, "layout": "torch.sum", "ms": ms,
+                 "TBps": w.numel() * 4 / ms / 1e9})
     for e_t in (int(v) for v in args.experts.split(",")):
         experts = torch.randperm(total_experts, device=dev)[:e_t].to(torch.int32)
         tiles = n // 64
