@@ -17,7 +17,8 @@ Copies go through Triton's pipeliner (asynchronous copies into shared memory,
 ``DEPTH`` steps deep, as in the GEMMs) or, with ``REGISTERS``, three steps ahead in
 registers. The words are folded into a checksum. Programs are persistent, ``PER_SM``
 per SM, and take their (expert, tile) units in the GEMMs' order, so the waves are the
-GEMMs' too. Times are CUDA events around one launch (its start-up included).
+GEMMs' too. Times are medians of CUDA events around one launch (its start-up
+included).
 
 Run on the GPU machine: ``python3 benchmarks/stream_probe.py``.
 """
@@ -30,6 +31,7 @@ import json
 import torch
 import triton
 import triton.language as tl
+from mxmoe.bench.timing import time_calls
 
 
 @triton.jit
@@ -96,16 +98,7 @@ def main() -> None:
     rows = []
     # the bench's ceiling, on the same bytes: torch.sum of the whole tensor
     flat = w.view(torch.float32)
-    for _ in range(3):
-        flat.sum()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(10):
-        flat.sum()
-    b.record()
-    b.synchronize()
-    ms = a.elapsed_time(b) / 10
+    ms = time_calls(lambda _: flat.sum(), dev, warmup=3, repeats=10, budget_s=2.0).ms
     print(f"torch.sum of all {w.numel() * 4 / 1e6:.0f} MB: {ms * 1e3:.1f} us "
           f"{w.numel() * 4 / ms / 1e9:.2f} TB/s", flush=True)
     rows.append({"experts": total_experts, "layout": "torch.sum", "ms": ms,
@@ -124,19 +117,8 @@ def main() -> None:
                     def call(lay=layout, d=depth, g=grid, o=out, r=regs):
                         stream_kernel[g](w, experts, o, units, tiles, steps, expert_words,
                                          LAYOUT=lay, DEPTH=d, REGISTERS=r, num_warps=4)
-                    for _ in range(3):
-                        call()
-                    torch.cuda.synchronize()
-                    times = []
-                    for _ in range(30):
-                        a = torch.cuda.Event(enable_timing=True)
-                        b = torch.cuda.Event(enable_timing=True)
-                        a.record()
-                        call()
-                        b.record()
-                        b.synchronize()
-                        times.append(a.elapsed_time(b))
-                    ms = sorted(times)[len(times) // 2]
+                    ms = time_calls(lambda _, f=call: f(), dev, warmup=3, repeats=30,
+                                    budget_s=2.0).ms
                     row = {"experts": e_t, "per_sm": per_sm, "depth": depth,
                            "layout": layout,
                            "copies": "registers" if regs else "pipeliner", "ms": ms,

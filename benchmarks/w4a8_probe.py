@@ -1,5 +1,5 @@
 """Feasibility probe for an FP8-activation (W4A8) GEMM on Hopper, before building it into
-the ``triton`` backend (see triton_notes.md, "W4A8 probe").
+the ``triton`` backend (triton_notes.md, v28).
 
 One grouped GEMM the shape of gpt-oss-120b's GEMM1 at M = 4096 (E experts, R token rows
 each, N x K weights), several ways on the same inputs:
@@ -33,6 +33,7 @@ import json
 import torch
 import triton
 import triton.language as tl
+from mxmoe.bench.timing import time_calls
 from mxmoe.formats import (dequantize_mx, e2m1_to_float, float_to_e2m1, pack_fp4,
                            quantize_fp8_per_token_group, quantize_mx, unpack_fp4)
 
@@ -167,7 +168,8 @@ def fp8_dense_kernel(x_ptr, w_ptr, out_ptr, R, N, K,
              mask=m_mask[None, :])
 
 
-def fold_scales(packed: torch.Tensor, scales: torch.Tensor):
+def fold_scales(packed: torch.Tensor,
+                scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MXFP4 [E, N, K/2] codes and scale bytes [E, N, K/32] -> (codes re-quantized where
     a block is below the window, table shift bytes U [E, N, K/32], row factors [E, N])."""
     s = scales.to(torch.int32)
@@ -184,7 +186,7 @@ def fold_scales(packed: torch.Tensor, scales: torch.Tensor):
     return packed.contiguous(), u.contiguous(), rowf.contiguous()
 
 
-def to_words(packed: torch.Tensor, u: torch.Tensor):
+def to_words(packed: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Packed codes [E, N, K/2] -> weight words [E, N/16, K_PAD/128, 8 r, 4 c, 2 rr, 4 s,
     4 i] bytes (low nibble: row 16 g + 8 rr + r, column 128 q + 32 s + 4 c + i; high
     nibble: that column + 16), K padded to 128 with zero codes; u padded to K_PAD/32."""
@@ -200,19 +202,10 @@ def to_words(packed: torch.Tensor, u: torch.Tensor):
     return byte.reshape(E, -1), u, k_pad
 
 
-def _time(fn, iters: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+def _time(fn) -> float:
+    """Median ms of ``fn()`` over CUDA events (mxmoe.bench.timing)."""
+    return time_calls(lambda _: fn(), torch.device("cuda"), warmup=5, repeats=50,
+                      budget_s=5.0).ms
 
 
 def main() -> None:
