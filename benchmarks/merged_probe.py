@@ -1,9 +1,10 @@
 """Both GEMMs in one launch at decode sizes? (notes, v31)
 
-v30 found that at M = 8 the weights already stream about as fast as a plain read of the
-same bytes, and that what is left is the GEMMs' start-up and drain: four launches in a
-row, GEMM2 a short two-wave stream. This probe runs GEMM1 and GEMM2 as the work units
-of one launch, one unit a program:
+v30's first reading (timed with a synchronize after every launch, since corrected)
+made the weights at M = 8 look as if they already streamed as fast as a plain read, and
+put what is left in the GEMMs' start-up and drain: four launches in a row, GEMM2 a
+short two-wave stream. This probe tests that. It runs GEMM1 and GEMM2 as the work
+units of one launch, one unit a program:
 
 * each program takes the next unit from a counter, GEMM1's units first;
 * a GEMM2 unit of a block waits until every GEMM1 unit of that block has stored its
