@@ -17,8 +17,9 @@ Copies go through Triton's pipeliner (asynchronous copies into shared memory,
 ``DEPTH`` steps deep, as in the GEMMs) or, with ``REGISTERS``, three steps ahead in
 registers. The words are folded into a checksum. Programs are persistent, ``PER_SM``
 per SM, and take their (expert, tile) units in the GEMMs' order, so the waves are the
-GEMMs' too. Times are medians of CUDA events around one launch (its start-up
-included).
+GEMMs' too. Times are the bench's (``mxmoe.bench.timing.time_calls``: medians of CUDA
+events, launches back to back), and a ``torch.sum`` of the whole tensor is timed the
+same way for comparison.
 
 Run on the GPU machine: ``python3 benchmarks/stream_probe.py``.
 """
