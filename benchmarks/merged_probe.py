@@ -38,15 +38,13 @@ import torch
 import triton
 import triton.language as tl
 from mxmoe import preset, reference_experts, relative_error, route
-from mxmoe.bench.floors import Ceilings, layer_floor, touched_experts
+from mxmoe.bench.floors import layer_floor, touched_experts
 from mxmoe.bench.timing import capture_graphs, time_calls
 from mxmoe.bench.workload import device_weights, input_sets
 from mxmoe_emulation.triton_backend.kernels import _block_product, _table_rows, sum_slots_kernel
 from mxmoe_emulation.triton_backend.launch import _align, moe_forward
 from mxmoe_emulation.triton_backend.layout import convert
-
-#: FACTS.md's H100 ceilings, as in triton_sweep.py
-FACTS_CEILINGS = Ceilings(hbm_read_TBps=2.99, bf16_TFLOPs=754.0)
+from triton_sweep import FACTS_CEILINGS
 
 
 @triton.jit
