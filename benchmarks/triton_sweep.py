@@ -194,11 +194,22 @@ def variants_for(m: int, spec: str) -> list[str]:
 
 
 def resolve(name: str, m: int, rows_per_expert: float) -> Tiles:
-    """The tiles of a variant name: a key of VARIANTS, optionally with "@r<N>" for a
-    register limit of N per thread (v13), e.g. "table@r112"."""
-    base, _, cap = name.partition("@r")
+    """The tiles of a variant name: a key of VARIANTS, optionally followed by "+sk" for
+    stream-K (v32: K unsplit, each GEMM's work shared out by its programs) and by
+    "@r<N>" or "@r<N>/<N2>" for a register limit of N per thread (v13; N2 for GEMM2),
+    e.g. "table@r112", "table+sk@r128/96"."""
+    name, _, caps = name.partition("@r")
+    base, _, stream = name.partition("+")
     tiles = VARIANTS[base] or tiles_for(m, rows_per_expert)
-    return dataclasses.replace(tiles, max_registers=int(cap)) if cap else tiles
+    if stream:
+        if stream != "sk":
+            raise ValueError(f"variant {name!r}: expected '+sk' after the base name")
+        tiles = dataclasses.replace(tiles, stream_k=True, split_k=1, split_k2=None)
+    if caps:
+        cap, _, cap2 = caps.partition("/")
+        tiles = dataclasses.replace(tiles, max_registers=int(cap),
+                                    max_registers2=int(cap2) if cap2 else None)
+    return tiles
 
 
 def replayer(graphs: list[torch.cuda.CUDAGraph]):
