@@ -777,40 +777,10 @@ def _stream_k_pieces(
     tiles = tl.sum(used.to(tl.int32), axis=0) * n_tiles
     programs = tl.maximum(tl.minimum(tl.num_programs(0), tiles), 1)
     units = tiles.to(tl.int64) * steps
-    rounds = tl.maximum(tiles // programs, 1)
-    for r in range(0, rounds):
-        chunk = r * programs + pid
-        unit = chunk * units // (programs * rounds)
-        end = (chunk + 1) * units // (programs * rounds)
-        if pid >= programs:
-            end = unit
-        _stream_k_run(
-            a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
-            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-            sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr,
-            route_w_ptr, N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
-            offs, used, order, unit, end, n_tiles, steps,
-            TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
-            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, HAS_MAP,
-            SLOTS_PAD, TAIL_M, BLOCK_M, BLOCK_N, BLOCK_K, PDL)
-
-
-@triton.jit
-def _stream_k_run(
-    a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn, scale_cols,
-    bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr, route_w_ptr,
-    N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
-    offs, used, order, unit, end, n_tiles, steps,
-    TOP_K: tl.constexpr, GATED: tl.constexpr,
-    ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
-    EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
-    INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr, TAIL_M: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-):
-    """One run of units [unit, end), piece by piece (see :func:`_stream_k_pieces`)."""
+    unit = pid * units // programs
+    end = (pid + 1) * units // programs
+    if pid >= programs:
+        end = unit
     while unit < end:
         tile = unit // steps
         first = (unit - tile * steps).to(tl.int32)
