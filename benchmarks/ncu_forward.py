@@ -1,10 +1,10 @@
 """One ``triton`` forward per variant, for profiling under Nsight Compute.
 
 Builds the sweep's workload (gpt-oss weights seed 1, input set 0 of seed 2), runs each
-variant twice (compile and warm-up, then the profiled run) with a marker range per
-variant, so ncu can select its kernels by NVTX range:
+variant twice (compile and warm-up, then the profiled run) inside an NVTX range named
+"v<i>" for the i-th variant, so ncu can select its kernels by range:
 
-    ncu --clock-control none --nvtx --nvtx-include "table+sk@r128/96/" \\
+    ncu --clock-control none --nvtx --nvtx-include "v1/" \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats \\
         python3 benchmarks/ncu_forward.py --tokens 8 --variants table,table+sk@r128/96
 """
@@ -33,14 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     weights = convert(config, device_weights(config, device, seed=1))
     inputs = input_sets(config, args.tokens, 1, device, seed=2)[0]
     topk_weights, topk_ids = route(inputs.router_logits, config)
-    for name in args.variants.split(","):
+    for i, name in enumerate(args.variants.split(",")):
         tiles = resolve(name, args.tokens, args.tokens * config.top_k / config.num_experts)
         moe_forward(inputs.hidden_states, topk_weights, topk_ids, None, weights, tiles)
         torch.cuda.synchronize()
-        with torch.cuda.nvtx.range(name):
+        with torch.cuda.nvtx.range(f"v{i}"):
             moe_forward(inputs.hidden_states, topk_weights, topk_ids, None, weights, tiles)
             torch.cuda.synchronize()
-        print(name, tiles, flush=True)
+        print(f"v{i}", name, tiles, flush=True)
     return 0
 
 
