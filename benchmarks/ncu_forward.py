@@ -6,7 +6,7 @@ variant twice (compile and warm-up, then the profiled run) inside an NVTX range 
 
     ncu --clock-control none --nvtx --nvtx-include "v1/" \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        python3 benchmarks/ncu_forward.py --tokens 8 --variants table,table+sk@r128/96
+        python3 benchmarks/ncu_forward.py --tokens 8 --variants table,table@r112
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from mxmoe.bench.floors import Ceilings, layer_floor, touched_experts
 from mxmoe.bench.timing import capture_graphs, time_calls
 from mxmoe.bench.workload import device_weights, input_sets
 from mxmoe_emulation.triton_backend.layout import convert
-from mxmoe_emulation.triton_backend import launch
 from mxmoe_emulation.triton_backend.launch import moe_forward
 from mxmoe_emulation.triton_backend.tiles import Tiles, tiles_for
 
@@ -195,24 +194,11 @@ def variants_for(m: int, spec: str) -> list[str]:
 
 
 def resolve(name: str, m: int, rows_per_expert: float) -> Tiles:
-    """The tiles of a variant name: a key of VARIANTS, optionally followed by "+sk" for
-    stream-K (v32: K unsplit, each GEMM's work shared out by its programs; "+sk<P>" for
-    P programs) and by "@r<N>" or "@r<N>/<N2>" for a register limit of N per thread (v13;
-    N2 for GEMM2), e.g. "table@r112", "table+sk@r128/96", "table+sk264@r128/96"."""
-    name, _, caps = name.partition("@r")
-    base, _, stream = name.partition("+")
+    """The tiles of a variant name: a key of VARIANTS, optionally with "@r<N>" for a
+    register limit of N per thread (v13), e.g. "table@r112"."""
+    base, _, cap = name.partition("@r")
     tiles = VARIANTS[base] or tiles_for(m, rows_per_expert)
-    if stream:
-        if not stream.startswith("sk") or not (stream[2:] or "0").isdigit():
-            raise ValueError(f"variant {name!r}: expected '+sk' or '+sk<programs>' after "
-                             f"the base name")
-        tiles = dataclasses.replace(tiles, stream_k=True, split_k=1, split_k2=None,
-                                    programs=int(stream[2:] or 0))
-    if caps:
-        cap, _, cap2 = caps.partition("/")
-        tiles = dataclasses.replace(tiles, max_registers=int(cap),
-                                    max_registers2=int(cap2) if cap2 else None)
-    return tiles
+    return dataclasses.replace(tiles, max_registers=int(cap)) if cap else tiles
 
 
 def replayer(graphs: list[torch.cuda.CUDAGraph]):
@@ -275,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
                 return moe_forward(s.hidden_states, tw, ti, None, weights, tiles)
 
             try:
-                launch._STREAM_PROGRAMS.clear()
                 out = call(0)
                 torch.cuda.synchronize()
             except Exception as exc:  # noqa: BLE001 - a variant that fails to compile is a result
@@ -293,16 +278,13 @@ def main(argv: list[str] | None = None) -> int:
                    "experts": experts, "TBps": floor.bytes / graph / 1e9,
                    "TFLOPs": floor.flops / graph / 1e9, "diff_vs_first": diff,
                    "ref_err": ref_err, "ref_rows": rows_checked, "ref_ok": ref_err <= limit,
-                   "finite": bool(torch.isfinite(out).all()), "kernels_us": split,
-                   "stream_programs": sorted(launch._STREAM_PROGRAMS.values())}
+                   "finite": bool(torch.isfinite(out).all()), "kernels_us": split}
             rows.append(row)
             kern = " ".join(f"{k.split('_kernel')[0][-14:]}={v:.0f}" for k, v in list(split.items())[:4])
             print(f"M={m:5d} {name:20s} eager {eager:8.4f} graph {graph:8.4f} ms | floor "
                   f"{floor.ms:.4f} ({100 * floor.ms / graph:5.1f}%) {row['TBps']:5.2f} TB/s "
                   f"{row['TFLOPs']:6.1f} TF/s | diff {diff:.1e} ref {ref_err:.1e}"
-                  f"{'' if row['ref_ok'] else ' FAIL'} | us: {kern}"
-                  f"{' | programs ' + str(row['stream_programs']) if tiles.stream_k else ''}",
-                  flush=True)
+                  f"{'' if row['ref_ok'] else ' FAIL'} | us: {kern}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "preset": args.preset,

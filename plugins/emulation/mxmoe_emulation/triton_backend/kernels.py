@@ -557,31 +557,31 @@ def _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M: tl.constexpr, M: tl.conste
 def _block_product(
     a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn, scale_cols,
     bias_ptr, stride_be, out_ptr, stride_out, stride_split, route_w_ptr,
-    N, K, acc_scale, alpha, beta, limit, n_start, k_start, k_end, seg, clear_next,
-    expert, slots, m_mask,
+    N, K, acc_scale, alpha, beta, limit, split, tile, n_tiles, expert, slots, m_mask,
     TOP_K: tl.constexpr, GATED: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    STREAM_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The body of :func:`moe_gemm_kernel` for one block of expert ``expert`` whose
-    ``slots`` [BLOCK_M] are real rows where ``m_mask``: the K loop over columns
-    [k_start, k_end) (whole BLOCK_K steps from k_start) and the epilogue of output
-    columns from ``n_start``, written as partial sum ``seg`` when SPLIT_K > 1. With
-    STREAM_K, ``clear_next`` (this piece is the block's whole K) also writes zeros as
-    partial ``seg + 1``, which no other program writes then."""
+    ``slots`` [BLOCK_M] are real rows where ``m_mask``: the K loop and the epilogue."""
     if GATHER_A:
         a_rows = (slots // TOP_K).to(tl.int64)
     else:
         a_rows = slots.to(tl.int64)
     route_w = tl.load(route_w_ptr + slots, mask=m_mask, other=0.0)
 
+    n_start = (tile % n_tiles) * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
+    # this program's slice of K, whole BLOCK_K steps
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
     # a K step advances a tile by BLOCK_K columns: BLOCK_K // EPB bytes, or for MXFP4's
     # fragment words 2 * BLOCK_K words (a 16-row group's 64 columns are 128 words)
     W_STEP: tl.constexpr = 2 * BLOCK_K if EPB == 2 else BLOCK_K
@@ -642,18 +642,13 @@ def _block_product(
     acc_u = acc_u * acc_scale
     out_rows = slots.to(tl.int64)
     out_mask = _along_m(m_mask, SWAP) & _along_n(n_mask, SWAP)
-    out_ptrs = (out_ptr + seg * stride_split + _along_m(out_rows, SWAP) * stride_out
+    out_ptrs = (out_ptr + split * stride_split + _along_m(out_rows, SWAP) * stride_out
                 + _along_n(offs_n, SWAP))
-    if STREAM_K:
-        if clear_next:
-            tl.store(out_ptrs + stride_split, tl.zeros_like(acc_g), mask=out_mask)
-            if GATED:
-                tl.store(out_ptrs + stride_split + N, tl.zeros_like(acc_g), mask=out_mask)
     if GATED and SPLIT_K > 1:
         tl.store(out_ptrs, acc_g, mask=out_mask)
         tl.store(out_ptrs + N, acc_u, mask=out_mask)
     else:
-        if HAS_BIAS and seg == 0:
+        if HAS_BIAS and split == 0:
             b_ptrs = bias_ptr + expert * stride_be + offs_n
             acc_g += _along_n(tl.load(b_ptrs, mask=n_mask, other=0.0), SWAP)
             if GATED:
@@ -668,140 +663,6 @@ def _block_product(
 
 
 @triton.jit
-def _tile_piece(
-    a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn, scale_cols,
-    bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr, route_w_ptr,
-    N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
-    blk, n_start, k_start, k_end, seg, clear_next, publish,
-    TOP_K: tl.constexpr, GATED: tl.constexpr,
-    ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
-    EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
-    INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    STREAM_K: tl.constexpr, HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr,
-    TAIL_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-):
-    """Block ``blk``'s output columns from ``n_start`` over K columns [k_start, k_end)
-    as partial ``seg`` (see :func:`_block_product`); nothing for a block without rows.
-    A slot-led block (SLOTS_PAD > 0) is found from the ids and, with ``publish``,
-    written to the block table for GEMM2."""
-    if SLOTS_PAD > 0:
-        expert, leads, slots, m_mask = _slot_led_block(ids_ptr, map_ptr, blk, num_slots,
-                                                       num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD)
-        if publish:
-            _publish_block(sorted_slots_ptr, block_expert_ptr, block_rows_ptr, blk, expert,
-                           leads, slots, m_mask, BLOCK_M)
-        rows = tl.where(leads, BLOCK_M, 0)  # a slot-led block takes the full path
-    else:
-        rows = tl.load(block_rows_ptr + blk)
-        expert = tl.load(block_expert_ptr + blk, mask=rows > 0, other=0)
-        slots, m_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, BLOCK_M)
-    expert = expert.to(tl.int64)
-    if rows > 0:
-        if TAIL_M > 0 and SLOTS_PAD == 0 and rows <= TAIL_M:
-            # a block of at most TAIL_M rows (an expert's last): a narrower MMA, no padding
-            tail_slots, tail_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, TAIL_M)
-            _block_product(
-                a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
-                scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-                route_w_ptr, N, K, acc_scale, alpha, beta, limit, n_start, k_start, k_end,
-                seg, clear_next, expert, tail_slots, tail_mask,
-                TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT,
-                WEIGHT_ON_OUTPUT, GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K,
-                STREAM_K, TAIL_M, BLOCK_N, BLOCK_K, PDL)
-        else:
-            _block_product(
-                a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
-                scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-                route_w_ptr, N, K, acc_scale, alpha, beta, limit, n_start, k_start, k_end,
-                seg, clear_next, expert, slots, m_mask,
-                TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT,
-                WEIGHT_ON_OUTPUT, GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K,
-                STREAM_K, BLOCK_M, BLOCK_N, BLOCK_K, PDL)
-
-
-@triton.jit
-def _used_blocks(sorted_slots_ptr, block_rows_ptr, ids_ptr, map_ptr, num_blocks, num_slots,
-                 num_experts, HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCKS_PAD: tl.constexpr):
-    """(block indices [BLOCKS_PAD], which of them have rows, their order among those
-    that do): the blocks a stream-K GEMM shares out. Slot-led (SLOTS_PAD > 0, BLOCKS_PAD
-    == SLOTS_PAD): the slots that lead a block, from the ids (a slot's rank among its
-    expert's slots, as in :func:`_slot_led_block`); otherwise the table's blocks with
-    rows (the align step's are the first ones; GEMM1's published ones are spread)."""
-    offs = tl.arange(0, BLOCKS_PAD)
-    if SLOTS_PAD > 0:
-        local = _local_experts(ids_ptr, map_ptr, offs, offs < num_slots, num_experts, HAS_MAP)
-        before = (local[:, None] == local[None, :]) & (offs[None, :] < offs[:, None])
-        rank = tl.sum(before.to(tl.int32), axis=1)
-        used = (local >= 0) & (rank % BLOCK_M == 0)
-    else:
-        used = tl.load(block_rows_ptr + offs, mask=offs < num_blocks, other=0) > 0
-    order = tl.cumsum(used.to(tl.int32), axis=0) - 1
-    return offs, used, order
-
-
-@triton.jit
-def _stream_k_pieces(
-    a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn, scale_cols,
-    bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-    sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr, route_w_ptr,
-    N, K, num_slots, num_experts, num_blocks, acc_scale, alpha, beta, limit,
-    TOP_K: tl.constexpr, GATED: tl.constexpr,
-    ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
-    EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
-    INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr, TAIL_M: tl.constexpr,
-    BLOCKS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-):
-    """Stream-K: the call's work, (used block, N tile, K step) in that order, cut into
-    as many equal runs as there are programs, one run per program. Each run is at least
-    one tile long (the programs are capped at the number of tiles), so a tile is cut at
-    most once: its first piece is partial 0, the rest partial 1; a tile one program
-    computes whole writes zeros as partial 1. The reduction after the GEMM adds the two
-    in that order, so results do not depend on where the cuts fall beyond the sum's
-    rounding, and are reproducible run to run."""
-    n_tiles = tl.cdiv(N, BLOCK_N)
-    steps = tl.cdiv(K, BLOCK_K)
-    offs, used, order = _used_blocks(sorted_slots_ptr, block_rows_ptr, ids_ptr, map_ptr,
-                                     num_blocks, num_slots, num_experts, HAS_MAP, SLOTS_PAD,
-                                     BLOCK_M, BLOCKS_PAD)
-    pid = tl.program_id(0)
-    if SLOTS_PAD > 0:
-        if pid == 0:  # GEMM2 reads the table: slots that lead no block have no rows
-            tl.store(block_rows_ptr + offs, tl.zeros_like(offs), mask=(offs < num_slots) & ~used)
-    tiles = tl.sum(used.to(tl.int32), axis=0) * n_tiles
-    programs = tl.maximum(tl.minimum(tl.num_programs(0), tiles), 1)
-    units = tiles.to(tl.int64) * steps
-    unit = pid * units // programs
-    end = (pid + 1) * units // programs
-    if pid >= programs:
-        end = unit
-    while unit < end:
-        tile = unit // steps
-        first = (unit - tile * steps).to(tl.int32)
-        last = tl.minimum(steps, first + (end - unit)).to(tl.int32)
-        n_tile = (tile % n_tiles).to(tl.int32)
-        blk = tl.sum(tl.where(used & (order == tile // n_tiles), offs, 0), axis=0)
-        _tile_piece(
-            a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
-            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-            sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr,
-            route_w_ptr, N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
-            blk, n_tile * BLOCK_N, first * BLOCK_K, tl.minimum(K, last * BLOCK_K),
-            (first > 0).to(tl.int32), (first == 0) & (last == steps),
-            (n_tile == 0) & (first == 0),
-            TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
-            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, True, HAS_MAP,
-            SLOTS_PAD, TAIL_M, BLOCK_M, BLOCK_N, BLOCK_K, PDL)
-        unit += last - first
-
-
-@triton.jit
 def moe_gemm_kernel(
     a_ptr, stride_a,
     w_ptr, stride_we, stride_wn,
@@ -809,21 +670,18 @@ def moe_gemm_kernel(
     bias_ptr, stride_be,
     out_ptr, stride_out, stride_split,
     sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr, route_w_ptr,
-    N, K, num_slots, num_experts, num_blocks, acc_scale, alpha, beta, limit,
+    N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
     TOP_K: tl.constexpr, GATED: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     WEIGHT_ON_INPUT: tl.constexpr, WEIGHT_ON_OUTPUT: tl.constexpr, GATHER_A: tl.constexpr,
     EPB: tl.constexpr, ASM: tl.constexpr, SWAP: tl.constexpr,
     INTERPRET: tl.constexpr, SCALE_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-    STREAM_K: tl.constexpr, HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr,
-    TAIL_M: tl.constexpr, BLOCKS_PAD: tl.constexpr,
+    HAS_MAP: tl.constexpr, SLOTS_PAD: tl.constexpr, TAIL_M: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """One (block of BLOCK_M rows of one expert) x (BLOCK_N output columns) x (one of
-    SPLIT_K slices of K) tile; with STREAM_K, a run of such tiles' K steps instead
-    (:func:`_stream_k_pieces`, SPLIT_K 2, a grid of at most as many programs as fit on
-    the GPU at once; ``num_blocks`` table entries, BLOCKS_PAD its power of two).
+    SPLIT_K slices of K) tile.
 
     GEMM1 (``GATED``, ``GATHER_A``): A rows are hidden-state rows of the block's
     tokens; gate rows ``n`` and up rows ``N + n`` of ``w13`` (halves, see
@@ -847,35 +705,46 @@ def moe_gemm_kernel(
     last block does not pay BLOCK_M rows of MMA.
     """
     _wait_for_inputs(PDL)
-    if STREAM_K:
-        _stream_k_pieces(
-            a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
-            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-            sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr,
-            route_w_ptr, N, K, num_slots, num_experts, num_blocks, acc_scale, alpha, beta,
-            limit,
-            TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
-            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, HAS_MAP, SLOTS_PAD,
-            TAIL_M, BLOCKS_PAD, BLOCK_M, BLOCK_N, BLOCK_K, PDL)
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    split = pid % SPLIT_K
+    tile = pid // SPLIT_K
+    blk = tile // n_tiles
+    if SLOTS_PAD > 0:
+        expert, leads, slots, m_mask = _slot_led_block(ids_ptr, map_ptr, blk, num_slots,
+                                                       num_experts, HAS_MAP, BLOCK_M, SLOTS_PAD)
+        if (tile % n_tiles == 0) & (split == 0):
+            _publish_block(sorted_slots_ptr, block_expert_ptr, block_rows_ptr, blk, expert,
+                           leads, slots, m_mask, BLOCK_M)
+        if not leads:
+            return
+        rows = BLOCK_M  # a slot-led block takes the full path
+        expert = expert.to(tl.int64)
     else:
-        pid = tl.program_id(0)
-        n_tiles = tl.cdiv(N, BLOCK_N)
-        split = pid % SPLIT_K
-        tile = pid // SPLIT_K
-        # this program's slice of K, whole BLOCK_K steps
-        k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-        k_start = split * k_per_split
-        _tile_piece(
+        rows = tl.load(block_rows_ptr + blk)
+        if rows == 0:
+            return
+        expert = tl.load(block_expert_ptr + blk).to(tl.int64)
+        slots, m_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, BLOCK_M)
+    if TAIL_M > 0 and rows <= TAIL_M:
+        # a block of at most TAIL_M rows (an expert's last): a narrower MMA, no padding
+        tail_slots, tail_mask = _table_rows(sorted_slots_ptr, blk, rows, BLOCK_M, TAIL_M)
+        _block_product(
             a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
-            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split,
-            sorted_slots_ptr, block_expert_ptr, block_rows_ptr, ids_ptr, map_ptr,
-            route_w_ptr, N, K, num_slots, num_experts, acc_scale, alpha, beta, limit,
-            tile // n_tiles, (tile % n_tiles) * BLOCK_N, k_start,
-            tl.minimum(K, k_start + k_per_split), split, False,
-            (tile % n_tiles == 0) & (split == 0),
+            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split, route_w_ptr,
+            N, K, acc_scale, alpha, beta, limit, split, tile, n_tiles, expert, tail_slots,
+            tail_mask,
             TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
-            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, False, HAS_MAP,
-            SLOTS_PAD, TAIL_M, BLOCK_M, BLOCK_N, BLOCK_K, PDL)
+            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, TAIL_M, BLOCK_N,
+            BLOCK_K, PDL)
+    else:
+        _block_product(
+            a_ptr, stride_a, w_ptr, stride_we, stride_wn, s_ptr, stride_se, stride_sn,
+            scale_cols, bias_ptr, stride_be, out_ptr, stride_out, stride_split, route_w_ptr,
+            N, K, acc_scale, alpha, beta, limit, split, tile, n_tiles, expert, slots, m_mask,
+            TOP_K, GATED, ACTIVATION, HAS_LIMIT, HAS_BIAS, WEIGHT_ON_INPUT, WEIGHT_ON_OUTPUT,
+            GATHER_A, EPB, ASM, SWAP, INTERPRET, SCALE_BIAS, SPLIT_K, BLOCK_M, BLOCK_N,
+            BLOCK_K, PDL)
 
 
 @triton.jit

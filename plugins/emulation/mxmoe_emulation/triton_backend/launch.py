@@ -16,7 +16,6 @@ split K, float32 partial sums [split, M * top_k, 2I] and [split, M * top_k, H].
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 
@@ -44,58 +43,6 @@ _COMPILER = {"enable_fp_fusion": True}
 #: cumsum goes through shared memory; 64 x 128 compiles to 168 registers with 4 warps,
 #: 128 x 128 to 255 with 8, 256 x 128 spills with 16).
 ONE_HOT_MAX = 8192
-
-
-#: Programs per stream-K GEMM under the interpreter, when the tiles do not say: few, so a
-#: program's run crosses tiles and cuts some (the paths the tests must see).
-INTERPRETER_PROGRAMS = 3
-
-
-@functools.lru_cache(maxsize=None)
-def _libcuda() -> ctypes.CDLL:
-    return ctypes.CDLL("libcuda.so.1")
-
-
-def _programs_per_sm(kernel) -> int:
-    """How many programs of a compiled Triton kernel one SM holds at once: CUDA's
-    occupancy calculator on its registers, shared memory and warps."""
-    kernel.run  # noqa: B018 -- loads the module: the function handle exists from here on
-    count = ctypes.c_int()
-    status = _libcuda().cuOccupancyMaxActiveBlocksPerMultiprocessor(
-        ctypes.byref(count), ctypes.c_void_p(kernel.function),
-        ctypes.c_int(kernel.metadata.num_warps * 32), ctypes.c_size_t(kernel.metadata.shared))
-    if status != 0 or count.value < 1:
-        raise RuntimeError(f"cuOccupancyMaxActiveBlocksPerMultiprocessor failed for "
-                           f"{kernel.name}: status {status}, {count.value} programs per SM")
-    return count.value
-
-
-def _specialization(args: tuple) -> tuple:
-    """What Triton specializes a launch's compiled kernel on, besides its constexprs:
-    tensor dtypes and 16-byte alignment, integers equal to 1 or divisible by 16."""
-    key = []
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            key.append((arg.dtype, arg.data_ptr() % 16 == 0))
-        elif isinstance(arg, bool) or not isinstance(arg, int):
-            key.append(type(arg))
-        else:
-            key.append((arg == 1, arg % 16 == 0))
-    return tuple(key)
-
-
-_STREAM_PROGRAMS: dict[tuple, int] = {}
-
-
-def _stream_programs(args: tuple, options: dict, device: torch.device) -> int:
-    """The grid of a stream-K GEMM launch on an NVIDIA GPU: as many programs as its SMs
-    hold at once, from the compiled kernel (compiled here once per specialization)."""
-    key = (device.index, _specialization(args), tuple(sorted(options.items())))
-    if key not in _STREAM_PROGRAMS:
-        kernel = moe_gemm_kernel.warmup(*args, grid=(1,), **options)
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        _STREAM_PROGRAMS[key] = sms * _programs_per_sm(kernel)
-    return _STREAM_PROGRAMS[key]
 
 
 def _align_chunk(num_slots: int, e_pad: int) -> tuple[int, bool, int]:
@@ -224,9 +171,6 @@ class _Launcher:
                  expert_map: torch.Tensor | None, num_experts: int, top_k: int) -> None:
         self.weights, self.tiles, self.asm, self.dtype, self.top_k = weights, tiles, asm, dtype, top_k
         self.interpret = interpret
-        # stream-K sizes its grid by CUDA's occupancy calculator; elsewhere (ROCm) such
-        # tiles run as two K slices a tile, the same partial sums
-        self.stream_k = tiles.stream_k and (asm or interpret)
         self.pdl = use_pdl(ids.device)
         self.math: LayerMath = weights.math
         self.ids, self.route_w, self.expert_map = ids, route_w, expert_map
@@ -243,10 +187,11 @@ class _Launcher:
             self.table = _align(ids, expert_map, num_local, num_experts, tiles.block_m,
                                 self.pdl)
 
-    def register_limit(self, gated: bool) -> dict[str, int]:
-        """A GEMM's register limit as a launch option: PTX's ``.maxnreg``, so only with
+    @property
+    def register_limit(self) -> dict[str, int]:
+        """The GEMMs' register limit as a launch option: PTX's ``.maxnreg``, so only with
         the NVIDIA (inline-PTX) decode."""
-        limit = self.tiles.max_registers if gated else self.tiles.gemm2_registers
+        limit = self.tiles.max_registers
         return {"maxnreg": limit} if limit is not None and self.asm else {}
 
     def _scale_bias(self, bias: int) -> tuple[int, float]:
@@ -273,9 +218,8 @@ class _Launcher:
         if fp4:  # fragment words: the kernel addresses 32-bit words (layout.py)
             wq = wq.view(torch.int32)
         row_stride = out.stride(-2)
-        num_blocks = block_expert.numel()
-        slots_pad = self.slots_pad if gated else 0
-        args = (
+        grid = (block_expert.numel() * triton.cdiv(n, block_n) * split,)
+        moe_gemm_kernel[grid](
             a, a.stride(0),
             wq, wq.stride(0), wq.stride(1),
             scale, scale.stride(0), scale.stride(1), scale.shape[2],
@@ -283,29 +227,19 @@ class _Launcher:
             out, row_stride, out.stride(0) if split > 1 else 0,
             sorted_slots, block_expert, block_rows, self.ids,
             _map_argument(self.ids, self.expert_map), self.route_w,
-            n, k, self.ids.numel(), self.num_experts, num_blocks, acc_scale,
+            n, k, self.ids.numel(), self.num_experts, acc_scale,
             math.alpha, math.beta, 0.0 if math.limit is None else math.limit,
-        )
-        options = dict(
             TOP_K=self.top_k, GATED=gated,
             ACTIVATION=math.activation, HAS_LIMIT=math.limit is not None,
             HAS_BIAS=bias is not None, WEIGHT_ON_INPUT=gated and math.weight_on_input,
             WEIGHT_ON_OUTPUT=not gated and not math.weight_on_input, GATHER_A=gated,
             EPB=2 if fp4 else 1, ASM=self.asm, SWAP=tiles.swap, INTERPRET=self.interpret,
-            SCALE_BIAS=scale_bias, SPLIT_K=split, STREAM_K=self.stream_k,
-            HAS_MAP=self.expert_map is not None, SLOTS_PAD=slots_pad, TAIL_M=tiles.tail_m,
-            BLOCKS_PAD=(slots_pad or triton.next_power_of_2(num_blocks)) if self.stream_k else 1,
+            SCALE_BIAS=scale_bias, SPLIT_K=split, HAS_MAP=self.expert_map is not None,
+            SLOTS_PAD=self.slots_pad if gated else 0, TAIL_M=tiles.tail_m,
             BLOCK_M=tiles.block_m, BLOCK_N=block_n, BLOCK_K=tiles.block_k,
             PDL=self.pdl, num_warps=tiles.num_warps, num_stages=stages,
-            launch_pdl=self.pdl, **self.register_limit(gated), **_COMPILER,
+            launch_pdl=self.pdl, **self.register_limit, **_COMPILER,
         )
-        if not self.stream_k:
-            grid = num_blocks * triton.cdiv(n, block_n) * split
-        elif tiles.programs or self.interpret:
-            grid = tiles.programs or INTERPRETER_PROGRAMS
-        else:
-            grid = _stream_programs(args, options, a.device)
-        moe_gemm_kernel[(grid,)](*args, **options)
 
     def activation(self, partials: torch.Tensor, act: torch.Tensor) -> None:
         """GEMM1's epilogue after a split K."""
@@ -361,7 +295,7 @@ def moe_forward(
     dev, dtype, slots = hidden_states.device, hidden_states.dtype, m * top_k
     run = _Launcher(weights, tiles, asm, interpret, dtype, topk_ids.reshape(-1).to(torch.int32),
                     topk_weights.reshape(-1).to(torch.float32), expert_map, num_experts, top_k)
-    split, split2 = tiles.gemm1_split, tiles.gemm2_split
+    split, split2 = tiles.split_k, tiles.gemm2_split
     act = torch.empty(slots, weights.intermediate_size, dtype=dtype, device=dev)
     if split > 1:
         partials = torch.empty(split, slots, 2 * weights.intermediate_size, dtype=torch.float32,

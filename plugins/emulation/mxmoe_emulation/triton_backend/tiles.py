@@ -38,17 +38,11 @@ class Tiles:
     (PTX ``.maxnreg``; None leaves it to ptxas). Besides capping, a limit changes
     ptxas's allocation below it: without one ptxas trades registers for occupancy on
     its own, with a generous one it does not. A tuning knob
-    for sweeps (benchmarks/triton_notes.md, v13b); ``max_registers2``: GEMM2's own
-    limit (None: ``max_registers``). ``tail_m``: blocks with at most this many rows (an expert's last, partly
+    for sweeps (benchmarks/triton_notes.md, v13b): the current table measured best
+    without it. ``tail_m``: blocks with at most this many rows (an expert's last, partly
     filled block) multiply as a narrower tile of ``tail_m`` token rows instead of
     ``block_m``, so they pay no MMA on padding rows (0: off; a power of two >= 16 below
-    ``block_m``). ``stream_k``: each GEMM launches as many programs as the GPU holds at
-    once, and each takes an equal run of the call's (tile, K step) work (stream-K), so
-    no last wave runs half empty; at decode sizes a GEMM is only a few waves long. A
-    tile is then cut at most once, into two float32 partial sums, as with ``split_k``
-    2 (see :func:`.kernels._stream_k_pieces`). ``programs``: with ``stream_k``, the
-    number of programs instead (0: as many as fit on the GPU at once; tests and sweeps
-    set it).
+    ``block_m``).
     """
 
     block_m: int
@@ -64,9 +58,6 @@ class Tiles:
     tail_m: int = 0
     split_k2: int | None = None
     num_stages2: int | None = None
-    stream_k: bool = False
-    programs: int = 0
-    max_registers2: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n1", "block_n2", "block_k"):
@@ -83,21 +74,12 @@ class Tiles:
             raise ValueError(f"num_stages: expected 1..8, got {self.num_stages}")
         if self.num_stages2 is not None and not 1 <= self.num_stages2 <= 8:
             raise ValueError(f"num_stages2: expected None or 1..8, got {self.num_stages2}")
-        for name in ("max_registers", "max_registers2"):
-            value = getattr(self, name)
-            if value is not None and not 32 <= value <= 255:
-                raise ValueError(f"{name}: expected None or 32..255, got {value}")
+        if self.max_registers is not None and not 32 <= self.max_registers <= 255:
+            raise ValueError(f"max_registers: expected None or 32..255, got {self.max_registers}")
         if self.tail_m and (self.tail_m < 16 or self.tail_m & (self.tail_m - 1)
                             or self.tail_m >= self.block_m):
             raise ValueError(f"tail_m: expected 0 or a power of two >= 16 below block_m "
                              f"({self.block_m}), got {self.tail_m}")
-        if self.stream_k and (self.split_k != 1 or self.split_k2 not in (None, 1)):
-            raise ValueError(f"stream_k: cuts K itself, expected split_k 1 and split_k2 "
-                             f"None or 1, got {self.split_k} and {self.split_k2}")
-        if self.programs and not self.stream_k:
-            raise ValueError(f"programs: only with stream_k, got {self.programs}")
-        if not 0 <= self.programs <= 1 << 16:
-            raise ValueError(f"programs: expected 0..65536, got {self.programs}")
         if self.decode not in ("asm", "manual"):
             raise ValueError(f"decode: expected 'asm' or 'manual', got {self.decode!r}")
 
@@ -107,20 +89,8 @@ class Tiles:
         return self.num_stages if self.num_stages2 is None else self.num_stages2
 
     @property
-    def gemm2_registers(self) -> int | None:
-        """GEMM2's register limit per thread."""
-        return self.max_registers if self.max_registers2 is None else self.max_registers2
-
-    @property
-    def gemm1_split(self) -> int:
-        """GEMM1's number of K slices (partial sums): two with stream-K."""
-        return 2 if self.stream_k else self.split_k
-
-    @property
     def gemm2_split(self) -> int:
-        """GEMM2's number of K slices (partial sums): two with stream-K."""
-        if self.stream_k:
-            return 2
+        """GEMM2's number of K slices."""
         return self.split_k if self.split_k2 is None else self.split_k2
 
 
