@@ -44,7 +44,7 @@ from mxmoe.bench.workload import device_weights, input_sets
 from mxmoe_emulation.triton_backend.kernels import _block_product, _table_rows, sum_slots_kernel
 from mxmoe_emulation.triton_backend.launch import _align, moe_forward
 from mxmoe_emulation.triton_backend.layout import convert
-from triton_sweep import FACTS_CEILINGS
+from triton_sweep import FACTS_CEILINGS, replayer
 
 
 @triton.jit
@@ -172,9 +172,8 @@ def main() -> None:
             out = call(0)
             torch.cuda.synchronize()
             err = relative_error(out, ref)
-            graph = time_calls(lambda i, g=capture_graphs(call, len(sets), device):
-                               g[i % len(g)].replay(), device, warmup=3, repeats=50,
-                               budget_s=1.0).ms
+            graph = time_calls(replayer(capture_graphs(call, len(sets), device)), device,
+                               warmup=3, repeats=50, budget_s=1.0).ms
             tbps = floor.bytes / graph / 1e9
             print(f"M={m:3d} {label:22s} graph {graph:.4f} ms {tbps:.2f} TB/s "
                   f"ref err {err:.1e}", flush=True)

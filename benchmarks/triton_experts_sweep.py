@@ -23,7 +23,7 @@ from mxmoe.bench.timing import capture_graphs, time_calls
 from mxmoe.bench.workload import device_weights
 from mxmoe_emulation.triton_backend.launch import moe_forward
 from mxmoe_emulation.triton_backend.layout import convert
-from triton_sweep import resolve
+from triton_sweep import replayer, resolve
 
 SETS = 4
 
@@ -73,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     return moe_forward(xs[i % SETS], tw[i % SETS], ids[i % SETS], None,
                                        weights, tiles)
 
-                graphs = capture_graphs(call, SETS, device)
-                us = 1e3 * time_calls(lambda i: graphs[i % SETS].replay(), device, warmup=20,
-                                      repeats=200, budget_s=0.5).ms
+                us = 1e3 * time_calls(replayer(capture_graphs(call, SETS, device)), device,
+                                      warmup=20, repeats=200, budget_s=0.5).ms
                 results.setdefault(name, {}).setdefault(touched, []).append(us)
         print(f"E_t={touched:3d} " + " ".join(
             f"{name}: {' / '.join(f'{t:.1f}' for t in results[name][touched])} us"
