@@ -1,0 +1,269 @@
+// A grouped MXFP4 x BF16 GEMM for Hopper (sm_90a), written to test one premise
+// (triton_notes.md, v35): that a warpgroup can decode its next weights while its own
+// wgmma runs, which Triton and Gluon 3.6 do not allow (v18-v22), and what that is worth
+// at gpt-oss-120b's GEMM1 shape. Driven by hopper_mixed_probe.py; not part of a backend.
+//
+// out[e*R + t, n] = sum_k x[e*R + t, k] * W[e, n, k] for E experts of R = 128 token rows.
+// W is the triton backend's MXFP4 layout (layout.py): fragment words, one 32-bit word per
+// thread per 16 x 16 piece of the wgmma A operand, and scale bytes [E, N, SC].
+//
+// A CTA computes 128 weight rows x the expert's 128 tokens:
+// * warps 0-7: two consumer warpgroups, 64 weight rows each (m64n128k16, A in registers);
+// * warp 8: the producer, copying each 64-column step of the token rows into a ring of
+//   STAGES shared-memory stages (128-byte swizzle, the layout wgmma's descriptor reads)
+//   with cp.async; each lane announces a stage on its "full" mbarrier once its copies
+//   have landed (one step behind its newest copies) and a proxy fence has made them
+//   visible to wgmma. Consumers free a stage on its "empty" mbarrier.
+// A consumer step: decode the step's 4 words per thread into A registers (two register
+// sets, alternating), wait for the stage, issue 4 wgmma, commit, then wait until at most
+// one group is in flight (the previous step's), which frees that step's A registers and
+// stage. So the decode of step s + 1 runs while step s's MMAs do.
+//
+// Compile-time knobs: STAGES (token stages), PREFETCH (weight words loaded this many steps
+// ahead into registers: 2 or 4).
+
+// No headers: the same source compiles with nvcc and NVRTC.
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#ifndef STAGES
+#define STAGES 4
+#endif
+#ifndef PREFETCH
+#define PREFETCH 2
+#endif
+
+// The producer signals a stage one step after copying it, and waits for a free stage
+// before that: with two stages each side would wait for the other.
+static_assert(STAGES >= 3, "STAGES: at least 3");
+
+#define ROWS 128           // token rows per expert (the probe's R)
+#define STEP_K 64          // K columns per step
+#define STAGE_BYTES (ROWS * STEP_K * 2)
+#define SCALE_BIAS 126     // the backend's bf16 decode: value * 2**-126, times 2**(s + 126 - 127)
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+
+// The copies of the step before the newest (at most one group left in flight) have
+// landed; made visible to wgmma, which reads shared memory through the async proxy
+// (cp.async writes through the generic one), then announced on that stage's barrier.
+template <int PENDING>
+__device__ __forceinline__ void copies_landed(u32 bar) {
+  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  mbar_arrive(bar);
+}
+
+// wgmma's shared-memory descriptor of a K-major tile with the 128-byte swizzle: rows of
+// 128 bytes, 8-row atoms 1024 bytes apart (the stride byte offset).
+__device__ __forceinline__ u64 b_desc(u32 addr) {
+  return static_cast<u64>((addr >> 4) & 0x3FFF) | (1ull << 16) |
+         (static_cast<u64>(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// The four A registers of one fragment word (layout.FRAGMENT_BITS): rows r, r + 8, r,
+// r + 8 and column pairs 2c, 2c, 2c + 8, 2c + 8, each a bf16 pair times its row's scale.
+__device__ __forceinline__ void decode_word(u32 w, u32 s_r, u32 s_r8,
+                                            u32* a) {
+  const u32 mask = 0x81C081C0u;
+  u32 p0 = w & mask;
+  u32 p1 = __funnelshift_l(w, w, 10) & mask;
+  u32 p2 = __funnelshift_l(w, w, 13) & mask;
+  u32 p3 = ((w & 0x001B001Bu) * 0x1084u) & mask;
+  asm("{\n.reg .b32 z;\nmov.b32 z, 0x80008000;\n"
+      "fma.rn.bf16x2 %0, %4, %8, z;\nfma.rn.bf16x2 %1, %5, %9, z;\n"
+      "fma.rn.bf16x2 %2, %6, %8, z;\nfma.rn.bf16x2 %3, %7, %9, z;\n}\n"
+      : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+      : "r"(p0), "r"(p1), "r"(p2), "r"(p3), "r"(s_r), "r"(s_r8));
+}
+
+// The bf16 pair 2**(s + SCALE_BIAS - 127) of scale byte s, in both halves.
+__device__ __forceinline__ u32 scale_pair(u32 byte) {
+  return (byte + SCALE_BIAS) * 0x00800080u;
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+// Keeps the compiler from moving accesses of the accumulators across the asm above.
+__device__ __forceinline__ void fence_operands(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define D64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+
+// One step's MMAs as one asm statement: wgmma.fence, four m64n128k16 (16 columns of K
+// each, A from registers, B at 32-byte offsets in the stage), commit. One statement, so
+// that no compiler-placed instruction defines a wgmma input inside the group.
+__device__ __forceinline__ void wgmma_step(float (&d)[64], const u32* a, u64 d0, u64 d1,
+                                           u64 d2, u64 d3) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %84, 0;\nwgmma.fence.sync.aligned;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" D64 "}, {%64, %65, %66, %67}, %80, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" D64 "}, {%68, %69, %70, %71}, %81, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" D64 "}, {%72, %73, %74, %75}, %82, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" D64 "}, {%76, %77, %78, %79}, %83, p, 1, 1, 0;\n"
+      "wgmma.commit_group.sync.aligned;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(a[4]), "r"(a[5]), "r"(a[6]),
+        "r"(a[7]), "r"(a[8]), "r"(a[9]), "r"(a[10]), "r"(a[11]), "r"(a[12]), "r"(a[13]),
+        "r"(a[14]), "r"(a[15]), "l"(d0), "l"(d1), "l"(d2), "l"(d3), "r"(1)
+      : "memory");
+}
+
+__device__ __forceinline__ u16 to_bf16(float f) {
+  u32 bits = __float_as_uint(f);
+  return static_cast<u16>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+struct Consumer {
+  const uint4* words;       // this thread's 16 bytes of step 0 (its 16-row group, lane)
+  const u16* scale_r;  // scale bytes of rows r and r + 8, two blocks a step
+  const u16* scale_r8;
+  uint4 w[PREFETCH];        // words loaded ahead, a slot per step modulo PREFETCH
+  u32 s_r[PREFETCH], s_r8[PREFETCH];
+  u32 a[2][16];        // two A register sets: steps alternate
+  float d[64];
+  int steps;
+
+  __device__ __forceinline__ void load(int slot, int s) {
+    if (s < steps) {
+      w[slot] = __ldg(words + s * 32);  // a 64-column run of a 16-row group: 128 words
+      s_r[slot] = __ldg(scale_r + s);
+      s_r8[slot] = __ldg(scale_r8 + s);
+    }
+  }
+
+  template <int SLOT, int SET>
+  __device__ __forceinline__ void step(int s, u32 stages, u32 full, u32 empty) {
+    const u32 lo_r = scale_pair(s_r[SLOT] & 0xFF), hi_r = scale_pair(s_r[SLOT] >> 8);
+    const u32 lo_r8 = scale_pair(s_r8[SLOT] & 0xFF), hi_r8 = scale_pair(s_r8[SLOT] >> 8);
+    decode_word(w[SLOT].x, lo_r, lo_r8, &a[SET][0]);   // columns 0-15: MX block 2s
+    decode_word(w[SLOT].y, lo_r, lo_r8, &a[SET][4]);   // 16-31
+    decode_word(w[SLOT].z, hi_r, hi_r8, &a[SET][8]);   // 32-47: block 2s + 1
+    decode_word(w[SLOT].w, hi_r, hi_r8, &a[SET][12]);  // 48-63
+    load(SLOT, s + PREFETCH);
+    const int stage = s % STAGES;
+    mbar_wait(full + stage * 8, (s / STAGES) & 1);
+    const u64 desc = b_desc(stages + stage * STAGE_BYTES);
+    fence_operands(d);
+    wgmma_step(d, a[SET], desc, desc + 2, desc + 4, desc + 6);  // + 32 bytes a k16
+    wgmma_wait<1>();  // step s - 1's MMAs are done: its A set and its stage are free
+    fence_operands(d);
+    if (s > 0) mbar_arrive(empty + ((s - 1) % STAGES) * 8);
+  }
+};
+
+extern "C" __global__ void __launch_bounds__(288, 1)
+mixed_gemm(const u16* __restrict__ x, const u32* __restrict__ w,
+           const u8* __restrict__ scales, u16* __restrict__ out, int N, int K,
+           int scale_cols, int n_tiles) {
+  extern __shared__ __align__(1024) u8 smem_raw[];
+  const u32 raw = smem_addr(smem_raw);
+  const u32 stages = (raw + 1023) & ~1023u;  // the swizzle needs 1024-byte atoms
+  const u32 full = stages + STAGES * STAGE_BYTES;
+  const u32 empty = full + STAGES * 8;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int expert = blockIdx.x / n_tiles, tile = blockIdx.x % n_tiles;
+  const int steps = K / STEP_K;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init(full + i * 8, 32);    // the producer's 32 lanes
+      mbar_init(empty + i * 8, 256);  // every consumer thread
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == 8) {  // producer: the expert's token rows, one 64-column step a stage
+    const u16* rows = x + static_cast<u64>(expert) * ROWS * K;
+    for (int s = 0; s < steps; ++s) {
+      const int stage = s % STAGES;
+      mbar_wait(empty + stage * 8, ((s / STAGES) & 1) ^ 1);
+      const u32 base = stages + stage * STAGE_BYTES;
+#pragma unroll 8
+      for (int i = 0; i < ROWS * 8 / 32; ++i) {  // 16-byte chunks: 8 a row
+        const int q = lane + 32 * i, row = q >> 3, chunk = q & 7;
+        cp_async16(base + row * 128 + ((chunk ^ (row & 7)) << 4),
+                   rows + static_cast<u64>(row) * K + s * STEP_K + chunk * 8);
+      }
+      asm volatile("cp.async.commit_group;" ::: "memory");
+      if (s > 0) copies_landed<1>(full + ((s - 1) % STAGES) * 8);
+    }
+    copies_landed<0>(full + ((steps - 1) % STAGES) * 8);
+    return;
+  }
+
+  // consumers: warpgroup wg's warp q holds weight rows n0 .. n0 + 15
+  const int wg = warp / 4, q = warp % 4;
+  const int n0 = tile * 128 + wg * 64 + q * 16;
+  Consumer c;
+  c.steps = steps;
+  c.words = reinterpret_cast<const uint4*>(w + (static_cast<u64>(expert) * N + n0) * (K / 8)) + lane;
+  const u8* srow = scales + (static_cast<u64>(expert) * N + n0 + lane / 4) * scale_cols;
+  c.scale_r = reinterpret_cast<const u16*>(srow);
+  c.scale_r8 = reinterpret_cast<const u16*>(srow + 8 * scale_cols);
+#pragma unroll
+  for (int i = 0; i < 64; ++i) c.d[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < PREFETCH; ++i) c.load(i, i);
+
+  // whole rounds of PREFETCH steps, then the rest: no step inside the loop is optional,
+  // so ptxas sees the same groups in flight on every path
+  int s = 0;
+  for (; s + PREFETCH <= steps; s += PREFETCH) {
+    c.step<0, 0>(s, stages, full, empty);
+    c.step<1, 1>(s + 1, stages, full, empty);
+#if PREFETCH == 4
+    c.step<2, 0>(s + 2, stages, full, empty);
+    c.step<3, 1>(s + 3, stages, full, empty);
+#endif
+  }
+  if (s < steps) c.step<0, 0>(s, stages, full, empty);
+#if PREFETCH == 4
+  if (s + 1 < steps) c.step<1, 1>(s + 1, stages, full, empty);
+  if (s + 2 < steps) c.step<2, 0>(s + 2, stages, full, empty);
+#endif
+  wgmma_wait<0>();
+  fence_operands(c.d);
+
+  // accumulator (lane: r = lane / 4, c = lane % 4): d[4j + h] is weight row n0 + r + 8
+  // (h / 2), token 8j + 2c + (h % 2)
+  const int r = lane / 4, cc = lane % 4;
+  u16* dst = out + static_cast<u64>(expert) * ROWS * N;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+      const int token = 8 * j + 2 * cc + (h & 1), row = n0 + r + 8 * (h >> 1);
+      dst[static_cast<u64>(token) * N + row] = to_bf16(c.d[4 * j + h]);
+    }
+  }
+}

@@ -1,0 +1,209 @@
+"""Probe: does a hand-written Hopper kernel that decodes a warpgroup's next MXFP4 weights
+while its own wgmma runs reach the BF16 tensor rate at gpt-oss-120b's GEMM1 shape?
+(triton_notes.md, v35; the premise of the CUDA path the notes ask the owners about.)
+
+One grouped GEMM, E experts x R = 128 token rows, N x K weights (default: GEMM1 at
+M = 4096 with no padding, 128 x 128 x 5760 x 2880), on the same inputs:
+
+* ``cuda-overlap``: ``hopper_mixed_probe.cu`` (see its header), compiled with nvcc for
+  sm_90a and launched through the CUDA driver API (no torch extension, so no C++ build
+  of torch's headers); variants by stages and how far ahead the weight words are loaded;
+* ``triton-table``: the ``triton`` backend's own GEMM kernel (``moe_gemm_kernel``, no
+  gate, no bias, no router weight) on the same weights, with its M = 4096 tile and the
+  128-token one;
+* ``bf16-dense-bmm``: ``torch.bmm`` of the same shapes in BF16 (cuBLAS, reading BF16
+  weights);
+
+each checked against the float32 product of the same MXFP4 weights (relative error).
+
+Run on the GPU machine: ``python3 benchmarks/hopper_mixed_probe.py [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+
+import torch
+import triton
+from mxmoe.bench.timing import time_calls
+from mxmoe.formats import dequantize_mx, quantize_mx
+from mxmoe_emulation.triton_backend.kernels import moe_gemm_kernel
+from mxmoe_emulation.triton_backend.layout import fragment_words
+
+SOURCE = pathlib.Path(__file__).with_name("hopper_mixed_probe.cu")
+ROWS = 128  # token rows per expert: the kernel's tile
+CONSUMER_THREADS, PRODUCER_THREADS = 256, 32
+STAGE_BYTES = ROWS * 64 * 2
+
+
+def nvcc() -> str:
+    """The nvcc to build with: $CUDA_HOME's, /usr/local/cuda's or the one on PATH."""
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+            return os.path.join(home, "bin", "nvcc")
+    found = shutil.which("nvcc")
+    if not found:
+        raise RuntimeError("nvcc not found (set CUDA_HOME)")
+    return found
+
+
+class Driver:
+    """The few CUDA driver calls the probe needs, through ctypes."""
+
+    _MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+    def __init__(self) -> None:
+        self.lib = ctypes.CDLL("libcuda.so.1")
+
+    def check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            name = ctypes.c_char_p()
+            self.lib.cuGetErrorName(rc, ctypes.byref(name))
+            raise RuntimeError(f"{what}: CUDA driver error {rc} ({name.value})")
+
+    def function(self, cubin: str, name: str, shared: int) -> ctypes.c_void_p:
+        module, fn = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check(self.lib.cuModuleLoad(ctypes.byref(module), cubin.encode()), "cuModuleLoad")
+        self.check(self.lib.cuModuleGetFunction(ctypes.byref(fn), module, name.encode()),
+                   "cuModuleGetFunction")
+        self.check(self.lib.cuFuncSetAttribute(fn, self._MAX_DYNAMIC_SHARED, shared),
+                   "cuFuncSetAttribute")
+        return fn
+
+    def launch(self, fn: ctypes.c_void_p, grid: int, block: int, shared: int,
+               args: list[ctypes._SimpleCData]) -> None:
+        params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        self.check(self.lib.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, shared, stream,
+                                           params, None), "cuLaunchKernel")
+
+
+def build(stages: int, prefetch: int, workdir: str) -> tuple[str, str]:
+    """(cubin path, ptxas report) of the kernel with these knobs."""
+    cubin = os.path.join(workdir, f"mixed_s{stages}_p{prefetch}.cubin")
+    cmd = [nvcc(), "-cubin", "-arch=sm_90a", "-O3", "-Xptxas", "-v", f"-DSTAGES={stages}",
+           f"-DPREFETCH={prefetch}", "-o", cubin, str(SOURCE)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"nvcc failed:\n{done.stderr[-3000:]}")
+    report = " ".join(re.findall(r"Used \d+ registers|\d+ bytes spill stores|C75\d\d[^\n]*",
+                                 done.stderr))
+    return cubin, report
+
+
+def _time(fn) -> float:
+    """Median ms of ``fn()`` over CUDA events (mxmoe.bench.timing)."""
+    return time_calls(lambda _: fn(), torch.device("cuda"), warmup=5, repeats=50,
+                      budget_s=5.0).ms
+
+
+def triton_gemm(x, words, scales, out, experts: int, n: int, k: int, block_m: int,
+                block_n: int, warps: int, stages: int):
+    """The backend's GEMM kernel as a plain grouped GEMM: every block a full run of
+    block_m consecutive rows of one expert, no gate, bias or router weight."""
+    dev = x.device
+    blocks = experts * ROWS // block_m
+    sorted_slots = torch.arange(experts * ROWS, device=dev, dtype=torch.int32)
+    block_expert = torch.arange(experts, device=dev, dtype=torch.int32).repeat_interleave(
+        ROWS // block_m)
+    block_rows = torch.full((blocks,), block_m, device=dev, dtype=torch.int32)
+    ones = torch.ones(experts * ROWS, device=dev, dtype=torch.float32)
+    w32 = words.view(torch.int32)
+    grid = (blocks * triton.cdiv(n, block_n),)
+
+    def call() -> None:
+        moe_gemm_kernel[grid](
+            x, x.stride(0), w32, w32.stride(0), w32.stride(1),
+            scales, scales.stride(0), scales.stride(1), scales.shape[2],
+            w32, 0, out, out.stride(0), 0,
+            sorted_slots, block_expert, block_rows, sorted_slots, sorted_slots, ones,
+            n, k, experts * ROWS, experts, 1.0, 1.0, 0.0, 0.0,
+            TOP_K=1, GATED=False, ACTIVATION="swigluoai", HAS_LIMIT=False, HAS_BIAS=False,
+            WEIGHT_ON_INPUT=False, WEIGHT_ON_OUTPUT=False, GATHER_A=False, EPB=2, ASM=True,
+            SWAP=True, INTERPRET=False, SCALE_BIAS=126, SPLIT_K=1, HAS_MAP=False,
+            SLOTS_PAD=0, TAIL_M=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, PDL=False,
+            num_warps=warps, num_stages=stages, enable_fp_fusion=True)
+    return call
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experts", type=int, default=128)
+    p.add_argument("--n", type=int, default=5760)
+    p.add_argument("--k", type=int, default=2880)
+    p.add_argument("--variants", default="4x2,4x4,6x2,3x2",
+                   help="cuda-overlap variants: STAGES x PREFETCH, comma-separated")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    E, N, K = args.experts, args.n, args.k
+    if N % 128 or K % 64:
+        raise SystemExit(f"--n must be a multiple of 128 and --k of 64, got {N}, {K}")
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    packed, scales = quantize_mx(torch.randn(E, N, K, device=dev) * 0.02, "mxfp4")
+    words = fragment_words(packed)
+    scales_padded = torch.nn.functional.pad(scales, (0, -scales.shape[-1] % 16)).contiguous()
+    x = torch.randn(E * ROWS, K, device=dev, dtype=torch.bfloat16)
+    ref = torch.empty(E * ROWS, N, device=dev, dtype=torch.float32)
+    for e in range(E):
+        wd = dequantize_mx(packed[e], scales[e], "mxfp4", dtype=torch.float32)
+        ref[e * ROWS:(e + 1) * ROWS] = x[e * ROWS:(e + 1) * ROWS].float() @ wd.T
+    out = torch.empty(E * ROWS, N, device=dev, dtype=torch.bfloat16)
+    flops = 2.0 * E * ROWS * N * K
+    results = {"shape": dict(E=E, R=ROWS, N=N, K=K), "device": torch.cuda.get_device_name(),
+               "rows": []}
+
+    def record(impl: str, variant: str, fn, extra: dict | None = None) -> None:
+        out.fill_(float("nan"))
+        try:
+            fn()
+            torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
+            print(f"{impl} {variant}: failed: {type(exc).__name__}: {exc}"[:600], flush=True)
+            return
+        err = float((out.float() - ref).norm() / ref.norm())
+        ms = _time(fn)
+        row = {"impl": impl, "variant": variant, "ms": ms, "TFLOPs": flops / ms / 1e9,
+               "rel_err": err, **(extra or {})}
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+
+    driver = Driver()
+    with tempfile.TemporaryDirectory() as workdir:
+        for spec in filter(None, args.variants.split(",")):
+            stages, prefetch = (int(v) for v in spec.split("x"))
+            cubin, report = build(stages, prefetch, workdir)
+            shared = stages * (STAGE_BYTES + 16) + 1024
+            fn_ptr = driver.function(cubin, "mixed_gemm", shared)
+            kargs = [ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(words.data_ptr()),
+                     ctypes.c_void_p(scales_padded.data_ptr()), ctypes.c_void_p(out.data_ptr()),
+                     ctypes.c_int(N), ctypes.c_int(K), ctypes.c_int(scales_padded.shape[2]),
+                     ctypes.c_int(N // 128)]
+            record("cuda-overlap", spec,
+                   lambda: driver.launch(fn_ptr, E * (N // 128),
+                                         CONSUMER_THREADS + PRODUCER_THREADS, shared, kargs),
+                   {"ptxas": report})
+    for block_m, block_n, warps, stages in ((64, 128, 8, 3), (128, 128, 8, 3)):
+        record("triton-table", f"{block_m}x{block_n}x{warps}x{stages}",
+               triton_gemm(x, words, scales_padded, out, E, N, K, block_m, block_n, warps,
+                           stages))
+    wb = torch.randn(E, K, N, device=dev, dtype=torch.bfloat16)
+    xb = x.reshape(E, ROWS, K)
+    ms = _time(lambda: torch.bmm(xb, wb))
+    results["rows"].append({"impl": "bf16-dense-bmm", "ms": ms, "TFLOPs": flops / ms / 1e9})
+    print(f"bf16 bmm: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
