@@ -7,20 +7,24 @@
 // W is the triton backend's MXFP4 layout (layout.py): fragment words, one 32-bit word per
 // thread per 16 x 16 piece of the wgmma A operand, and scale bytes [E, N, SC].
 //
-// A CTA computes 128 weight rows x the expert's 128 tokens:
+// A CTA computes tiles of 128 weight rows x an expert's 128 tokens, one after another
+// (the grid may be smaller than the tile count: CTAs then loop, and the producer runs
+// ahead into the next tile):
 // * warps 0-7: two consumer warpgroups, 64 weight rows each (m64n128k16, A in registers);
-// * warp 8: the producer, copying each 64-column step of the token rows into a ring of
-//   STAGES shared-memory stages (128-byte swizzle, the layout wgmma's descriptor reads)
-//   with cp.async; each lane announces a stage on its "full" mbarrier once its copies
-//   have landed (one step behind its newest copies) and a proxy fence has made them
-//   visible to wgmma. Consumers free a stage on its "empty" mbarrier.
-// A consumer step: decode the step's 4 words per thread into A registers (two register
-// sets, alternating), wait for the stage, issue 4 wgmma, commit, then wait until at most
-// one group is in flight (the previous step's), which frees that step's A registers and
-// stage. So the decode of step s + 1 runs while step s's MMAs do.
+// * warp 8: the producer. One lane loads each 64-column step of the tile's token rows into
+//   a ring of STAGES shared-memory stages with TMA (a 2-D tensor map, 128-byte swizzle:
+//   the layout wgmma's descriptor reads), completing on the stage's "full" mbarrier.
+//   Consumers free a stage on its "empty" mbarrier.
+// A warpgroup's epilogue writes its 64 rows x 128 tokens as bf16 into its own shared box
+// (token-major, 128-byte swizzle, so the stores have no bank conflicts) and one of its
+// threads stores the box with TMA, asynchronously: the next tile starts at once, and the
+// box is reused only after that store has read it.
+// A consumer step: decode the step's 4 fragment words per thread (loaded two steps ahead)
+// into one of two A register sets, wait for the stage, issue 4 wgmma as one group, then
+// wait until at most one group is in flight, which retires the previous step's group and
+// frees its registers and stage. So the decode of step s + 1 runs while step s's MMAs do.
 //
-// Compile-time knobs: STAGES (token stages), PREFETCH (weight words loaded this many steps
-// ahead into registers: 2 or 4).
+// Compile-time knobs: STAGES (token stages, >= 2), PREFETCH and the diagnostics below.
 
 // No headers: the same source compiles with nvcc and NVRTC.
 typedef unsigned char u8;
@@ -32,16 +36,27 @@ typedef unsigned long long u64;
 #define STAGES 4
 #endif
 #ifndef PREFETCH
-#define PREFETCH 2
+#define PREFETCH 2  // weight words are loaded this many steps ahead (a slot each): 2 or 4
 #endif
+#ifndef L2_AHEAD
+#define L2_AHEAD 0  // > PREFETCH: also ask L2 for the words this many steps ahead
+#endif
+// Diagnostics, each a bound rather than a GEMM (the output is wrong or not written):
+// NO_DECODE multiplies the raw words as they are, NO_STORE skips the epilogue's stores.
+#ifndef NO_DECODE
+#define NO_DECODE 0
+#endif
+#ifndef NO_STORE
+#define NO_STORE 0
+#endif
+static_assert(PREFETCH == 2 || PREFETCH == 4, "PREFETCH: 2 or 4");
 
-// The producer signals a stage one step after copying it, and waits for a free stage
-// before that: with two stages each side would wait for the other.
-static_assert(STAGES >= 3, "STAGES: at least 3");
+static_assert(STAGES >= 2, "STAGES: at least 2");
 
 #define ROWS 128           // token rows per expert (the probe's R)
 #define STEP_K 64          // K columns per step
 #define STAGE_BYTES (ROWS * STEP_K * 2)
+#define BOX_BYTES (ROWS * 64 * 2)  // a warpgroup's output: 128 tokens x 64 rows, bf16
 #define SCALE_BIAS 126     // the backend's bf16 decode: value * 2**-126, times 2**(s + 126 - 127)
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -63,18 +78,36 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+               : "memory");
 }
 
-// The copies of the step before the newest (at most one group left in flight) have
-// landed; made visible to wgmma, which reads shared memory through the async proxy
-// (cp.async writes through the generic one), then announced on that stage's barrier.
-template <int PENDING>
-__device__ __forceinline__ void copies_landed(u32 bar) {
-  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-  mbar_arrive(bar);
+// A CUtensorMap, opaque: 128 bytes, 64-byte aligned (the driver fills it).
+struct __align__(64) TensorMap {
+  u64 bytes[16];
+};
+
+__device__ __forceinline__ void warpgroup_sync(int wg) {
+  asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
+}
+
+// TMA store of the shared box at src to (column, row) of the tensor map (asynchronous:
+// a bulk group, waited for before the box is written again).
+__device__ __forceinline__ void tma_store(const TensorMap* map, int column, int row, u32 src) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];"
+               ::"l"(map), "r"(column), "r"(row), "r"(src) : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+
+// TMA: the box at (column, row) of the tensor map into shared memory at dst, completing
+// on mbarrier bar.
+__device__ __forceinline__ void tma_load(u32 dst, const TensorMap* map, int column, int row,
+                                         u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst), "l"(map), "r"(column), "r"(row), "r"(bar)
+      : "memory");
 }
 
 // wgmma's shared-memory descriptor of a K-major tile with the 128-byte swizzle: rows of
@@ -155,115 +188,140 @@ struct Consumer {
   __device__ __forceinline__ void load(int slot, int s) {
     if (s < steps) {
       w[slot] = __ldg(words + s * 32);  // a 64-column run of a 16-row group: 128 words
+      if (L2_AHEAD > PREFETCH && (threadIdx.x & 7) == 0 && s + L2_AHEAD - PREFETCH < steps)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(words + (s + L2_AHEAD - PREFETCH) * 32));
       s_r[slot] = __ldg(scale_r + s);
       s_r8[slot] = __ldg(scale_r8 + s);
     }
   }
 
+  // tile-local step s, global step g (the ring's position, across tiles)
   template <int SLOT, int SET>
-  __device__ __forceinline__ void step(int s, u32 stages, u32 full, u32 empty) {
+  __device__ __forceinline__ void step(int s, int g, u32 stages, u32 full, u32 empty) {
     const u32 lo_r = scale_pair(s_r[SLOT] & 0xFF), hi_r = scale_pair(s_r[SLOT] >> 8);
     const u32 lo_r8 = scale_pair(s_r8[SLOT] & 0xFF), hi_r8 = scale_pair(s_r8[SLOT] >> 8);
+#if NO_DECODE
+    const u32 raw[4] = {w[SLOT].x, w[SLOT].y, w[SLOT].z, w[SLOT].w};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) a[SET][i] = raw[i / 4] & (0x3F7F3F7Fu ^ lo_r ^ hi_r8);
+#else
     decode_word(w[SLOT].x, lo_r, lo_r8, &a[SET][0]);   // columns 0-15: MX block 2s
     decode_word(w[SLOT].y, lo_r, lo_r8, &a[SET][4]);   // 16-31
     decode_word(w[SLOT].z, hi_r, hi_r8, &a[SET][8]);   // 32-47: block 2s + 1
     decode_word(w[SLOT].w, hi_r, hi_r8, &a[SET][12]);  // 48-63
+#endif
     load(SLOT, s + PREFETCH);
-    const int stage = s % STAGES;
-    mbar_wait(full + stage * 8, (s / STAGES) & 1);
+    const int stage = g % STAGES;
+    mbar_wait(full + stage * 8, (g / STAGES) & 1);
     const u64 desc = b_desc(stages + stage * STAGE_BYTES);
     fence_operands(d);
     wgmma_step(d, a[SET], desc, desc + 2, desc + 4, desc + 6);  // + 32 bytes a k16
     wgmma_wait<1>();  // step s - 1's MMAs are done: its A set and its stage are free
     fence_operands(d);
-    if (s > 0) mbar_arrive(empty + ((s - 1) % STAGES) * 8);
+    if (s > 0) mbar_arrive(empty + ((g - 1) % STAGES) * 8);
   }
 };
 
 extern "C" __global__ void __launch_bounds__(288, 1)
-mixed_gemm(const u16* __restrict__ x, const u32* __restrict__ w,
-           const u8* __restrict__ scales, u16* __restrict__ out, int N, int K,
-           int scale_cols, int n_tiles) {
+mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap out_map,
+           const u32* __restrict__ w, const u8* __restrict__ scales, int N, int K,
+           int scale_cols, int n_tiles, int tiles) {
   extern __shared__ __align__(1024) u8 smem_raw[];
   const u32 raw = smem_addr(smem_raw);
   const u32 stages = (raw + 1023) & ~1023u;  // the swizzle needs 1024-byte atoms
-  const u32 full = stages + STAGES * STAGE_BYTES;
+  const u32 boxes = stages + STAGES * STAGE_BYTES;  // the warpgroups' output boxes
+  const u32 full = boxes + 2 * BOX_BYTES;
   const u32 empty = full + STAGES * 8;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int expert = blockIdx.x / n_tiles, tile = blockIdx.x % n_tiles;
   const int steps = K / STEP_K;
   if (threadIdx.x == 0) {
     for (int i = 0; i < STAGES; ++i) {
-      mbar_init(full + i * 8, 32);    // the producer's 32 lanes
+      mbar_init(full + i * 8, 1);     // the producer's expect_tx
       mbar_init(empty + i * 8, 256);  // every consumer thread
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
 
-  if (warp == 8) {  // producer: the expert's token rows, one 64-column step a stage
-    const u16* rows = x + static_cast<u64>(expert) * ROWS * K;
-    for (int s = 0; s < steps; ++s) {
-      const int stage = s % STAGES;
-      mbar_wait(empty + stage * 8, ((s / STAGES) & 1) ^ 1);
-      const u32 base = stages + stage * STAGE_BYTES;
-#pragma unroll 8
-      for (int i = 0; i < ROWS * 8 / 32; ++i) {  // 16-byte chunks: 8 a row
-        const int q = lane + 32 * i, row = q >> 3, chunk = q & 7;
-        cp_async16(base + row * 128 + ((chunk ^ (row & 7)) << 4),
-                   rows + static_cast<u64>(row) * K + s * STEP_K + chunk * 8);
+  if (warp == 8) {  // producer: each tile's token rows, one 64-column step a stage
+    if (lane == 0) {
+      int g = 0;
+      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const int first_row = (tile / n_tiles) * ROWS;
+        for (int s = 0; s < steps; ++s, ++g) {
+          const int stage = g % STAGES;
+          mbar_wait(empty + stage * 8, ((g / STAGES) & 1) ^ 1);
+          mbar_expect(full + stage * 8, STAGE_BYTES);
+          tma_load(stages + stage * STAGE_BYTES, &x_map, s * STEP_K, first_row, full + stage * 8);
+        }
       }
-      asm volatile("cp.async.commit_group;" ::: "memory");
-      if (s > 0) copies_landed<1>(full + ((s - 1) % STAGES) * 8);
     }
-    copies_landed<0>(full + ((steps - 1) % STAGES) * 8);
     return;
   }
 
-  // consumers: warpgroup wg's warp q holds weight rows n0 .. n0 + 15
+  // consumers: warpgroup wg's warp q holds weight rows n0 .. n0 + 15 of the tile
   const int wg = warp / 4, q = warp % 4;
-  const int n0 = tile * 128 + wg * 64 + q * 16;
+  const int r = lane / 4, cc = lane % 4;
   Consumer c;
   c.steps = steps;
-  c.words = reinterpret_cast<const uint4*>(w + (static_cast<u64>(expert) * N + n0) * (K / 8)) + lane;
-  const u8* srow = scales + (static_cast<u64>(expert) * N + n0 + lane / 4) * scale_cols;
-  c.scale_r = reinterpret_cast<const u16*>(srow);
-  c.scale_r8 = reinterpret_cast<const u16*>(srow + 8 * scale_cols);
+  int g = 0;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int expert = tile / n_tiles;
+    const int n0 = (tile % n_tiles) * 128 + wg * 64 + q * 16;
+    c.words = reinterpret_cast<const uint4*>(w + (static_cast<u64>(expert) * N + n0) * (K / 8)) + lane;
+    const u8* srow = scales + (static_cast<u64>(expert) * N + n0 + r) * scale_cols;
+    c.scale_r = reinterpret_cast<const u16*>(srow);
+    c.scale_r8 = reinterpret_cast<const u16*>(srow + 8 * scale_cols);
 #pragma unroll
-  for (int i = 0; i < 64; ++i) c.d[i] = 0.0f;
+    for (int i = 0; i < 64; ++i) c.d[i] = 0.0f;
 #pragma unroll
-  for (int i = 0; i < PREFETCH; ++i) c.load(i, i);
+    for (int i = 0; i < PREFETCH; ++i) c.load(i, i);
 
-  // whole rounds of PREFETCH steps, then the rest: no step inside the loop is optional,
-  // so ptxas sees the same groups in flight on every path
-  int s = 0;
-  for (; s + PREFETCH <= steps; s += PREFETCH) {
-    c.step<0, 0>(s, stages, full, empty);
-    c.step<1, 1>(s + 1, stages, full, empty);
+    // whole rounds of PREFETCH steps, then the rest: no step inside the loop is optional,
+    // so ptxas sees the same groups in flight on every path (else it serializes, C7513)
+    int s = 0;
+    for (; s + PREFETCH <= steps; s += PREFETCH, g += PREFETCH) {
+      c.step<0, 0>(s, g, stages, full, empty);
+      c.step<1, 1>(s + 1, g + 1, stages, full, empty);
 #if PREFETCH == 4
-    c.step<2, 0>(s + 2, stages, full, empty);
-    c.step<3, 1>(s + 3, stages, full, empty);
+      c.step<2, 0>(s + 2, g + 2, stages, full, empty);
+      c.step<3, 1>(s + 3, g + 3, stages, full, empty);
 #endif
-  }
-  if (s < steps) c.step<0, 0>(s, stages, full, empty);
-#if PREFETCH == 4
-  if (s + 1 < steps) c.step<1, 1>(s + 1, stages, full, empty);
-  if (s + 2 < steps) c.step<2, 0>(s + 2, stages, full, empty);
-#endif
-  wgmma_wait<0>();
-  fence_operands(c.d);
-
-  // accumulator (lane: r = lane / 4, c = lane % 4): d[4j + h] is weight row n0 + r + 8
-  // (h / 2), token 8j + 2c + (h % 2)
-  const int r = lane / 4, cc = lane % 4;
-  u16* dst = out + static_cast<u64>(expert) * ROWS * N;
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-#pragma unroll
-    for (int h = 0; h < 4; ++h) {
-      const int token = 8 * j + 2 * cc + (h & 1), row = n0 + r + 8 * (h >> 1);
-      dst[static_cast<u64>(token) * N + row] = to_bf16(c.d[4 * j + h]);
     }
+    if (s < steps) c.step<0, 0>(s, g++, stages, full, empty);
+#if PREFETCH == 4
+    if (++s < steps) c.step<1, 1>(s, g++, stages, full, empty);
+    if (++s < steps) c.step<2, 0>(s, g++, stages, full, empty);
+#endif
+    wgmma_wait<0>();
+    fence_operands(c.d);
+    mbar_arrive(empty + ((g - 1) % STAGES) * 8);  // the tile's last stage
+
+    // accumulator (r = lane / 4, cc = lane % 4): d[4j + h] is weight row n0 + r + 8 (h / 2),
+    // token 8j + 2cc + (h % 2); in the box (token-major, 128-byte rows of 64 rows' values,
+    // 16-byte chunk k of token t at k ^ (t % 8)) rows n0 + r and n0 + r + 8 are chunks
+    // 2q and 2q + 1, element r
+    const bool leader = (threadIdx.x % 128) == 0;
+    const u32 box = boxes + wg * BOX_BYTES;
+    if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+    warpgroup_sync(wg);  // the previous tile's store has read the box
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        const int token = 8 * j + 2 * cc + (h & 1), chunk = 2 * q + (h >> 1);
+        const u16 v = to_bf16(c.d[4 * j + h]);
+        if (!NO_STORE || v == 0x1234)
+          asm volatile("st.shared.u16 [%0], %1;" ::"r"(box + token * 128 +
+                                                        ((chunk ^ (token & 7)) << 4) + 2 * r),
+                       "h"(v) : "memory");
+      }
+    }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the TMA store
+    warpgroup_sync(wg);
+    if (leader && !NO_STORE)
+      tma_store(&out_map, (tile % n_tiles) * 128 + wg * 64, expert * ROWS, box);
   }
+  if ((threadIdx.x % 128) == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }

@@ -7,7 +7,8 @@ M = 4096 with no padding, 128 x 128 x 5760 x 2880), on the same inputs:
 
 * ``cuda-overlap``: ``hopper_mixed_probe.cu`` (see its header), compiled with nvcc for
   sm_90a and launched through the CUDA driver API (no torch extension, so no C++ build
-  of torch's headers); variants by stages and how far ahead the weight words are loaded;
+  of torch's headers); variants by token stages and grid (one CTA per tile, or one per
+  SM looping over tiles);
 * ``triton-table``: the ``triton`` backend's own GEMM kernel (``moe_gemm_kernel``, no
   gate, no bias, no router weight) on the same weights, with its M = 4096 tile and the
   128-token one;
@@ -41,7 +42,8 @@ from mxmoe_emulation.triton_backend.layout import fragment_words
 SOURCE = pathlib.Path(__file__).with_name("hopper_mixed_probe.cu")
 ROWS = 128  # token rows per expert: the kernel's tile
 CONSUMER_THREADS, PRODUCER_THREADS = 256, 32
-STAGE_BYTES = ROWS * 64 * 2
+STAGE_BYTES = ROWS * 64 * 2  # a token stage: 128 rows x 64 columns, bf16
+BOX_BYTES = ROWS * 64 * 2  # a warpgroup's output box: 128 tokens x 64 weight rows
 
 
 def nvcc() -> str:
@@ -78,19 +80,43 @@ class Driver:
                    "cuFuncSetAttribute")
         return fn
 
+    def tensor_map_2d(self, t: torch.Tensor, box_cols: int, box_rows: int) -> ctypes.Array:
+        """A TMA descriptor of the 2-D bf16 tensor ``t`` (row-major) with boxes of
+        box_rows x box_cols and the 128-byte swizzle (box_cols * 2 must be 128)."""
+        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.stride(1) != 1:
+            raise ValueError("t: expected a row-major 2-D bfloat16 tensor")
+        desc = (ctypes.c_uint64 * 16)()
+        dims = (ctypes.c_uint64 * 2)(t.shape[1], t.shape[0])
+        strides = (ctypes.c_uint64 * 1)(t.stride(0) * 2)
+        box = (ctypes.c_uint32 * 2)(box_cols, box_rows)
+        unit = (ctypes.c_uint32 * 2)(1, 1)
+        bf16, no_interleave, swizzle_128b, l2_256b, no_oob_fill = 9, 0, 3, 3, 0
+        self.check(self.lib.cuTensorMapEncodeTiled(
+            desc, bf16, 2, ctypes.c_void_p(t.data_ptr()), dims, strides, box, unit,
+            no_interleave, swizzle_128b, l2_256b, no_oob_fill), "cuTensorMapEncodeTiled")
+        return desc
+
     def launch(self, fn: ctypes.c_void_p, grid: int, block: int, shared: int,
-               args: list[ctypes._SimpleCData]) -> None:
+               args: list) -> None:
+        """Launch ``fn`` on torch's current stream; ``args`` are ctypes values (a tensor
+        map is passed by value, as the kernel's __grid_constant__ parameter)."""
         params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
         self.check(self.lib.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, shared, stream,
                                            params, None), "cuLaunchKernel")
 
 
-def build(stages: int, prefetch: int, workdir: str) -> tuple[str, str]:
-    """(cubin path, ptxas report) of the kernel with these knobs."""
-    cubin = os.path.join(workdir, f"mixed_s{stages}_p{prefetch}.cubin")
-    cmd = [nvcc(), "-cubin", "-arch=sm_90a", "-O3", "-Xptxas", "-v", f"-DSTAGES={stages}",
-           f"-DPREFETCH={prefetch}", "-o", cubin, str(SOURCE)]
+#: Variant flags (after the stages and grid letter, each after a "-"): their -D options.
+FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8",
+         "nodecode": "NO_DECODE=1", "nostore": "NO_STORE=1"}
+
+
+def build(stages: int, flags: list[str], workdir: str) -> tuple[str, str]:
+    """(cubin path, ptxas report) of the kernel with this many token stages and flags."""
+    cubin = os.path.join(workdir, "mixed_s{}{}.cubin".format(stages, "".join(flags)))
+    defines = [f"-DSTAGES={stages}"] + [f"-D{FLAGS[f]}" for f in flags]
+    cmd = [nvcc(), "-cubin", "-arch=sm_90a", "-O3", "-Xptxas", "-v", *defines,
+           "-o", cubin, str(SOURCE)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"nvcc failed:\n{done.stderr[-3000:]}")
@@ -139,8 +165,13 @@ def main() -> None:
     p.add_argument("--experts", type=int, default=128)
     p.add_argument("--n", type=int, default=5760)
     p.add_argument("--k", type=int, default=2880)
-    p.add_argument("--variants", default="4x2,4x4,6x2,3x2",
-                   help="cuda-overlap variants: STAGES x PREFETCH, comma-separated")
+    p.add_argument("--variants", default="4p-l2,4p,4p-l2x8,5p-l2,6p-l2,3p-l2,4a-l2,"
+                                         "4p-l2-nostore,4p-l2-nodecode,4p-l2",
+                   help="cuda-overlap variants, comma-separated: token stages, then 'p' "
+                        "(one CTA per SM, looping over tiles) or 'a' (one CTA per tile), "
+                        "then flags: -f4 (weights four steps ahead), -l2 / -l2x8 (and five "
+                        "/ eight ahead into L2), and the bounds "
+                        "-nostore (no epilogue stores) and -nodecode (raw words multiplied)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     E, N, K = args.experts, args.n, args.k
@@ -177,19 +208,25 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     driver = Driver()
+    x_map = driver.tensor_map_2d(x, 64, ROWS)
+    out_map = driver.tensor_map_2d(out, 64, ROWS)
+    tiles = E * (N // 128)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
     with tempfile.TemporaryDirectory() as workdir:
         for spec in filter(None, args.variants.split(",")):
-            stages, prefetch = (int(v) for v in spec.split("x"))
-            cubin, report = build(stages, prefetch, workdir)
-            shared = stages * (STAGE_BYTES + 16) + 1024
+            head, *flags = spec.split("-")
+            stages, grid_kind = int(head[:-1]), head[-1]
+            grid = min(tiles, sms) if grid_kind == "p" else tiles
+            cubin, report = build(stages, flags, workdir)
+            shared = stages * (STAGE_BYTES + 16) + 2 * BOX_BYTES + 1024
             fn_ptr = driver.function(cubin, "mixed_gemm", shared)
-            kargs = [ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(words.data_ptr()),
-                     ctypes.c_void_p(scales_padded.data_ptr()), ctypes.c_void_p(out.data_ptr()),
+            kargs = [x_map, out_map, ctypes.c_void_p(words.data_ptr()),
+                     ctypes.c_void_p(scales_padded.data_ptr()),
                      ctypes.c_int(N), ctypes.c_int(K), ctypes.c_int(scales_padded.shape[2]),
-                     ctypes.c_int(N // 128)]
+                     ctypes.c_int(N // 128), ctypes.c_int(tiles)]
             record("cuda-overlap", spec,
-                   lambda: driver.launch(fn_ptr, E * (N // 128),
-                                         CONSUMER_THREADS + PRODUCER_THREADS, shared, kargs),
+                   lambda: driver.launch(fn_ptr, grid, CONSUMER_THREADS + PRODUCER_THREADS,
+                                         shared, kargs),
                    {"ptxas": report})
     for block_m, block_n, warps, stages in ((64, 128, 8, 3), (128, 128, 8, 3)):
         record("triton-table", f"{block_m}x{block_n}x{warps}x{stages}",
