@@ -24,13 +24,7 @@
 // wait until at most one group is in flight, which retires the previous step's group and
 // frees its registers and stage. So the decode of step s + 1 runs while step s's MMAs do.
 //
-// With CLUSTER 2, the two CTAs of a cluster take two weight tiles of the same expert and
-// share its token stages: each producer loads half of a stage's rows and multicasts them
-// into both CTAs, and a stage is refilled once both CTAs' consumers have released it. That
-// halves the token traffic from L2, which is 4x the weights' bytes per step.
-//
-// Compile-time knobs: STAGES (token stages, >= 2), CLUSTER (1 or 2), PREFETCH, L2_AHEAD
-// and the diagnostics below.
+// Compile-time knobs: STAGES (token stages, >= 2), PREFETCH and the diagnostics below.
 
 // No headers: the same source compiles with nvcc and NVRTC.
 typedef unsigned char u8;
@@ -56,15 +50,6 @@ typedef unsigned long long u64;
 #define NO_STORE 0
 #endif
 static_assert(PREFETCH == 2 || PREFETCH == 4, "PREFETCH: 2 or 4");
-#ifndef CLUSTER
-#define CLUSTER 1
-#endif
-static_assert(CLUSTER == 1 || CLUSTER == 2, "CLUSTER: 1 or 2");
-#if CLUSTER == 2
-#define CLUSTER_DIMS __cluster_dims__(2, 1, 1)
-#else
-#define CLUSTER_DIMS
-#endif
 
 static_assert(STAGES >= 2, "STAGES: at least 2");
 
@@ -93,42 +78,9 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 
-// Arrive on the mbarrier at local shared address bar in the cluster's CTA of this rank.
-// Default semantics (release at CTA scope): a release at cluster scope (v35f) waits for
-// the warp's weight loads in flight, at every step. The arrival only says that this
-// warp's MMAs have finished reading the stage, which the wgmma wait before it ensures.
-__device__ __forceinline__ void mbar_arrive_in(u32 bar, u32 rank) {
-  u32 remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
-}
-
-__device__ __forceinline__ u32 cluster_rank() {
-  u32 rank;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-  return rank;
-}
-
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;"
-               ::: "memory");
-}
-
 __device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                : "memory");
-}
-
-struct TensorMap;
-
-// TMA into the same shared address of every CTA in ``mask`` (this cluster's ranks), each
-// completing on its own mbarrier at bar.
-__device__ __forceinline__ void tma_load_multicast(u32 dst, const TensorMap* map, int column,
-                                                   int row, u32 bar, u16 mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;"
-      ::"r"(dst), "l"(map), "r"(column), "r"(row), "r"(bar), "h"(mask) : "memory");
 }
 
 // A CUtensorMap, opaque: 128 bytes, 64-byte aligned (the driver fills it).
@@ -243,14 +195,6 @@ struct Consumer {
     }
   }
 
-  // A stage this warp's MMAs are done with: one arrival per warp in every CTA of the
-  // cluster (each CTA's producer refills its share of the stage in both).
-  __device__ __forceinline__ static void release(u32 bar) {
-    __syncwarp();
-    if (threadIdx.x % 32 == 0)
-      for (u32 rank = 0; rank < CLUSTER; ++rank) mbar_arrive_in(bar, rank);
-  }
-
   // tile-local step s, global step g (the ring's position, across tiles)
   template <int SLOT, int SET>
   __device__ __forceinline__ void step(int s, int g, u32 stages, u32 full, u32 empty) {
@@ -274,52 +218,57 @@ struct Consumer {
     wgmma_step(d, a[SET], desc, desc + 2, desc + 4, desc + 6);  // + 32 bytes a k16
     wgmma_wait<1>();  // step s - 1's MMAs are done: its A set and its stage are free
     fence_operands(d);
-    if (s > 0) release(empty + ((g - 1) % STAGES) * 8);
+    if (s > 0) mbar_arrive(empty + ((g - 1) % STAGES) * 8);
   }
 };
 
-// The producer warp: each unit's token rows, one 64-column step a stage (lane 0 issues).
-__device__ __forceinline__ void produce(const TensorMap* x_map, u32 stages, u32 full, u32 empty,
-                                        int steps, int rank, int units, int units_per_expert,
-                                        int first_unit, int unit_stride) {
-  if (threadIdx.x % 32 == 0) {
-    int g = 0;
-    for (int unit = first_unit; unit < units; unit += unit_stride) {
-      const int first_row = (unit / units_per_expert) * ROWS;
-      for (int s = 0; s < steps; ++s, ++g) {
-        const int stage = g % STAGES;
-        const u32 dst = stages + stage * STAGE_BYTES, bar = full + stage * 8;
-        mbar_wait(empty + stage * 8, ((g / STAGES) & 1) ^ 1);
-        mbar_expect(bar, STAGE_BYTES);
-        if (CLUSTER == 2)  // this CTA's half of the rows, into both CTAs
-          tma_load_multicast(dst + rank * (STAGE_BYTES / 2), x_map, s * STEP_K,
-                             first_row + rank * (ROWS / 2), bar, 0x3);
-        else
-          tma_load(dst, x_map, s * STEP_K, first_row, bar);
+extern "C" __global__ void __launch_bounds__(288, 1)
+mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap out_map,
+           const u32* __restrict__ w, const u8* __restrict__ scales, int N, int K,
+           int scale_cols, int n_tiles, int tiles) {
+  extern __shared__ __align__(1024) u8 smem_raw[];
+  const u32 raw = smem_addr(smem_raw);
+  const u32 stages = (raw + 1023) & ~1023u;  // the swizzle needs 1024-byte atoms
+  const u32 boxes = stages + STAGES * STAGE_BYTES;  // the warpgroups' output boxes
+  const u32 full = boxes + 2 * BOX_BYTES;
+  const u32 empty = full + STAGES * 8;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int steps = K / STEP_K;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init(full + i * 8, 1);     // the producer's expect_tx
+      mbar_init(empty + i * 8, 256);  // every consumer thread
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == 8) {  // producer: each tile's token rows, one 64-column step a stage
+    if (lane == 0) {
+      int g = 0;
+      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const int first_row = (tile / n_tiles) * ROWS;
+        for (int s = 0; s < steps; ++s, ++g) {
+          const int stage = g % STAGES;
+          mbar_wait(empty + stage * 8, ((g / STAGES) & 1) ^ 1);
+          mbar_expect(full + stage * 8, STAGE_BYTES);
+          tma_load(stages + stage * STAGE_BYTES, &x_map, s * STEP_K, first_row, full + stage * 8);
+        }
       }
     }
+    return;
   }
-  __syncwarp();
-}
 
-// A consumer warpgroup (warps 0-3 or 4-7): its 64 weight rows of each unit's tile.
-__device__ __forceinline__ void consume(const TensorMap* out_map, const u32* __restrict__ w,
-                                        const u8* __restrict__ scales, int N, int K,
-                                        int scale_cols, int n_tiles, u32 stages, u32 boxes,
-                                        u32 full, u32 empty, int steps, int rank, int units,
-                                        int units_per_expert, int first_unit, int unit_stride) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // warpgroup wg's warp q holds weight rows n0 .. n0 + 15 of the tile
+  // consumers: warpgroup wg's warp q holds weight rows n0 .. n0 + 15 of the tile
   const int wg = warp / 4, q = warp % 4;
   const int r = lane / 4, cc = lane % 4;
   Consumer c;
   c.steps = steps;
   int g = 0;
-  for (int unit = first_unit; unit < units; unit += unit_stride) {
-    const int expert = unit / units_per_expert;
-    const int tile = (unit % units_per_expert) * CLUSTER + rank;
-    const bool real = tile < n_tiles;
-    const int n0 = (real ? tile : n_tiles - 1) * 128 + wg * 64 + q * 16;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int expert = tile / n_tiles;
+    const int n0 = (tile % n_tiles) * 128 + wg * 64 + q * 16;
     c.words = reinterpret_cast<const uint4*>(w + (static_cast<u64>(expert) * N + n0) * (K / 8)) + lane;
     const u8* srow = scales + (static_cast<u64>(expert) * N + n0 + r) * scale_cols;
     c.scale_r = reinterpret_cast<const u16*>(srow);
@@ -347,7 +296,7 @@ __device__ __forceinline__ void consume(const TensorMap* out_map, const u32* __r
 #endif
     wgmma_wait<0>();
     fence_operands(c.d);
-    Consumer::release(empty + ((g - 1) % STAGES) * 8);  // the tile's last stage
+    mbar_arrive(empty + ((g - 1) % STAGES) * 8);  // the tile's last stage
 
     // accumulator (r = lane / 4, cc = lane % 4): d[4j + h] is weight row n0 + r + 8 (h / 2),
     // token 8j + 2cc + (h % 2); in the box (token-major, 128-byte rows of 64 rows' values,
@@ -371,46 +320,8 @@ __device__ __forceinline__ void consume(const TensorMap* out_map, const u32* __r
     }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the TMA store
     warpgroup_sync(wg);
-    if (leader && real && !NO_STORE) tma_store(out_map, tile * 128 + wg * 64, expert * ROWS, box);
+    if (leader && !NO_STORE)
+      tma_store(&out_map, (tile % n_tiles) * 128 + wg * 64, expert * ROWS, box);
   }
   if ((threadIdx.x % 128) == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-}
-
-extern "C" __global__ void __launch_bounds__(288, 1) CLUSTER_DIMS
-mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap out_map,
-           const u32* __restrict__ w, const u8* __restrict__ scales, int N, int K,
-           int scale_cols, int n_tiles, int units) {
-  extern __shared__ __align__(1024) u8 smem_raw[];
-  const u32 raw = smem_addr(smem_raw);
-  const u32 stages = (raw + 1023) & ~1023u;  // the swizzle needs 1024-byte atoms
-  const u32 boxes = stages + STAGES * STAGE_BYTES;  // the warpgroups' output boxes
-  const u32 full = boxes + 2 * BOX_BYTES;
-  const u32 empty = full + STAGES * 8;
-
-  const int warp = threadIdx.x / 32;
-  const int steps = K / STEP_K;
-  // A unit is CLUSTER weight tiles of one expert, one per CTA of a cluster (the last unit
-  // of an expert may hold a tile past n_tiles: that CTA computes a copy of the expert's
-  // last tile, to keep its share of the token stages, and stores nothing).
-  const int rank = CLUSTER == 2 ? static_cast<int>(cluster_rank()) : 0;
-  const int units_per_expert = (n_tiles + CLUSTER - 1) / CLUSTER;
-  const int first_unit = blockIdx.x / CLUSTER, unit_stride = gridDim.x / CLUSTER;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < STAGES; ++i) {
-      mbar_init(full + i * 8, 1);              // the producer's expect_tx
-      mbar_init(empty + i * 8, 8 * CLUSTER);   // every consumer warp of the cluster
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  if (CLUSTER == 2) cluster_sync();  // the peer's barriers exist before any arrive on them
-  else __syncthreads();
-
-  if (warp == 8)
-    produce(&x_map, stages, full, empty, steps, rank, units, units_per_expert, first_unit,
-            unit_stride);
-  else
-    consume(&out_map, w, scales, N, K, scale_cols, n_tiles, stages, boxes, full, empty, steps,
-            rank, units, units_per_expert, first_unit, unit_stride);
-  // no CTA leaves while its peer may still multicast into it or arrive on its barriers
-  if (CLUSTER == 2) cluster_sync();
 }

@@ -107,7 +107,7 @@ class Driver:
 
 
 #: Variant flags (after the stages and grid letter, each after a "-"): their -D options.
-FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8", "c2": "CLUSTER=2",
+FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8",
          "nodecode": "NO_DECODE=1", "nostore": "NO_STORE=1"}
 
 
@@ -165,13 +165,12 @@ def main() -> None:
     p.add_argument("--experts", type=int, default=128)
     p.add_argument("--n", type=int, default=5760)
     p.add_argument("--k", type=int, default=2880)
-    p.add_argument("--variants", default="4p-l2,4p-l2-c2,4a-l2-c2,6p-l2-c2,3p-l2-c2,"
-                                         "4p-l2-c2-nodecode,4p-l2-c2-nostore,4p-l2",
+    p.add_argument("--variants", default="4p-l2,4p,4p-l2x8,5p-l2,6p-l2,3p-l2,4a-l2,"
+                                         "4p-l2-nostore,4p-l2-nodecode,4p-l2",
                    help="cuda-overlap variants, comma-separated: token stages, then 'p' "
                         "(one CTA per SM, looping over tiles) or 'a' (one CTA per tile), "
                         "then flags: -f4 (weights four steps ahead), -l2 / -l2x8 (and five "
-                        "/ eight ahead into L2), -c2 (clusters of two CTAs sharing token "
-                        "stages), and the bounds "
+                        "/ eight ahead into L2), and the bounds "
                         "-nostore (no epilogue stores) and -nodecode (raw words multiplied)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -209,26 +208,22 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     driver = Driver()
+    x_map = driver.tensor_map_2d(x, 64, ROWS)
     out_map = driver.tensor_map_2d(out, 64, ROWS)
-    n_tiles = N // 128
+    tiles = E * (N // 128)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     with tempfile.TemporaryDirectory() as workdir:
         for spec in filter(None, args.variants.split(",")):
             head, *flags = spec.split("-")
             stages, grid_kind = int(head[:-1]), head[-1]
-            cluster = 2 if "c2" in flags else 1
-            # a unit: `cluster` tiles of one expert, one per CTA of a cluster, sharing the
-            # expert's token stages (each CTA loads half of each stage's rows)
-            units = E * -(-n_tiles // cluster)
-            grid = min(units, sms // cluster) * cluster if grid_kind == "p" else units * cluster
-            x_map = driver.tensor_map_2d(x, 64, ROWS // cluster)
+            grid = min(tiles, sms) if grid_kind == "p" else tiles
             cubin, report = build(stages, flags, workdir)
             shared = stages * (STAGE_BYTES + 16) + 2 * BOX_BYTES + 1024
             fn_ptr = driver.function(cubin, "mixed_gemm", shared)
             kargs = [x_map, out_map, ctypes.c_void_p(words.data_ptr()),
                      ctypes.c_void_p(scales_padded.data_ptr()),
                      ctypes.c_int(N), ctypes.c_int(K), ctypes.c_int(scales_padded.shape[2]),
-                     ctypes.c_int(n_tiles), ctypes.c_int(units)]
+                     ctypes.c_int(N // 128), ctypes.c_int(tiles)]
             record("cuda-overlap", spec,
                    lambda: driver.launch(fn_ptr, grid, CONSUMER_THREADS + PRODUCER_THREADS,
                                          shared, kargs),
