@@ -7,15 +7,17 @@
 // W is the triton backend's MXFP4 layout (layout.py): fragment words, one 32-bit word per
 // thread per 16 x 16 piece of the wgmma A operand, and scale bytes [E, N, SC].
 //
-// A CTA computes tiles of 128 weight rows x an expert's 128 tokens, one after another
+// A CTA computes tiles of 128 weight rows x an expert's TOKENS (128, or 16 at decode
+// sizes) tokens, one after another
 // (the grid may be smaller than the tile count: CTAs then loop, and the producer runs
 // ahead into the next tile):
-// * warps 0-7: two consumer warpgroups, 64 weight rows each (m64n128k16, A in registers);
+// * warps 0-7: two consumer warpgroups, 64 weight rows each (m64nTOKENSk16, A in
+//   registers);
 // * warp 8: the producer. One lane loads each 64-column step of the tile's token rows into
 //   a ring of STAGES shared-memory stages with TMA (a 2-D tensor map, 128-byte swizzle:
 //   the layout wgmma's descriptor reads), completing on the stage's "full" mbarrier.
 //   Consumers free a stage on its "empty" mbarrier.
-// A warpgroup's epilogue writes its 64 rows x 128 tokens as bf16 into its own shared box
+// A warpgroup's epilogue writes its 64 rows x TOKENS tokens as bf16 into its own shared box
 // (token-major, 128-byte swizzle, so the stores have no bank conflicts) and one of its
 // threads stores the box with TMA, asynchronously: the next tile starts at once, and the
 // box is reused only after that store has read it.
@@ -24,7 +26,8 @@
 // wait until at most one group is in flight, which retires the previous step's group and
 // frees its registers and stage. So the decode of step s + 1 runs while step s's MMAs do.
 //
-// Compile-time knobs: STAGES (token stages, >= 2), PREFETCH and the diagnostics below.
+// Compile-time knobs: TOKENS, STAGES (token stages, >= 2), PREFETCH, L2_AHEAD and the
+// diagnostics below.
 
 // No headers: the same source compiles with nvcc and NVRTC.
 typedef unsigned char u8;
@@ -53,10 +56,15 @@ static_assert(PREFETCH == 2 || PREFETCH == 4, "PREFETCH: 2 or 4");
 
 static_assert(STAGES >= 2, "STAGES: at least 2");
 
-#define ROWS 128           // token rows per expert (the probe's R)
+#ifndef TOKENS
+#define TOKENS 128  // token rows per expert (the probe's R) and wgmma's N: 128 or 16
+#endif
+static_assert(TOKENS == 128 || TOKENS == 16, "TOKENS: 128 or 16");
+#define ROWS TOKENS
+#define ACC (TOKENS / 2)  // float32 accumulators a thread: m64nTOKENS over 128 threads
 #define STEP_K 64          // K columns per step
 #define STAGE_BYTES (ROWS * STEP_K * 2)
-#define BOX_BYTES (ROWS * 64 * 2)  // a warpgroup's output: 128 tokens x 64 rows, bf16
+#define BOX_BYTES (ROWS * 64 * 2)  // a warpgroup's output: ROWS tokens x 64 rows, bf16
 #define SCALE_BIAS 126     // the backend's bf16 decode: value * 2**-126, times 2**(s + 126 - 127)
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -144,17 +152,18 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 
 // Keeps the compiler from moving accesses of the accumulators across the asm above.
-__device__ __forceinline__ void fence_operands(float (&d)[64]) {
+__device__ __forceinline__ void fence_operands(float (&d)[ACC]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < ACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 #define D64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
-// One step's MMAs as one asm statement: wgmma.fence, four m64n128k16 (16 columns of K
+// One step's MMAs as one asm statement: wgmma.fence, four m64nTOKENSk16 (16 columns of K
 // each, A from registers, B at 32-byte offsets in the stage), commit. One statement, so
 // that no compiler-placed instruction defines a wgmma input inside the group.
-__device__ __forceinline__ void wgmma_step(float (&d)[64], const u32* a, u64 d0, u64 d1,
+#if TOKENS == 128
+__device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0, u64 d1,
                                            u64 d2, u64 d3) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %84, 0;\nwgmma.fence.sync.aligned;\n"
@@ -169,6 +178,24 @@ __device__ __forceinline__ void wgmma_step(float (&d)[64], const u32* a, u64 d0,
         "r"(a[14]), "r"(a[15]), "l"(d0), "l"(d1), "l"(d2), "l"(d3), "r"(1)
       : "memory");
 }
+#else
+__device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0, u64 d1,
+                                           u64 d2, u64 d3) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %28, 0;\nwgmma.fence.sync.aligned;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %24, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%12, %13, %14, %15}, %25, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%16, %17, %18, %19}, %26, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%20, %21, %22, %23}, %27, p, 1, 1, 0;\n"
+      "wgmma.commit_group.sync.aligned;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(a[4]), "r"(a[5]), "r"(a[6]),
+        "r"(a[7]), "r"(a[8]), "r"(a[9]), "r"(a[10]), "r"(a[11]), "r"(a[12]), "r"(a[13]),
+        "r"(a[14]), "r"(a[15]), "l"(d0), "l"(d1), "l"(d2), "l"(d3), "r"(1)
+      : "memory");
+}
+#endif
 
 __device__ __forceinline__ u16 to_bf16(float f) {
   u32 bits = __float_as_uint(f);
@@ -182,7 +209,7 @@ struct Consumer {
   uint4 w[PREFETCH];        // words loaded ahead, a slot per step modulo PREFETCH
   u32 s_r[PREFETCH], s_r8[PREFETCH];
   u32 a[2][16];        // two A register sets: steps alternate
-  float d[64];
+  float d[ACC];
   int steps;
 
   __device__ __forceinline__ void load(int slot, int s) {
@@ -222,7 +249,7 @@ struct Consumer {
   }
 };
 
-extern "C" __global__ void __launch_bounds__(288, 1)
+extern "C" __global__ void __launch_bounds__(288, TOKENS == 16 ? 2 : 1)
 mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap out_map,
            const u32* __restrict__ w, const u8* __restrict__ scales, int N, int K,
            int scale_cols, int n_tiles, int tiles) {
@@ -274,7 +301,7 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
     c.scale_r = reinterpret_cast<const u16*>(srow);
     c.scale_r8 = reinterpret_cast<const u16*>(srow + 8 * scale_cols);
 #pragma unroll
-    for (int i = 0; i < 64; ++i) c.d[i] = 0.0f;
+    for (int i = 0; i < ACC; ++i) c.d[i] = 0.0f;
 #pragma unroll
     for (int i = 0; i < PREFETCH; ++i) c.load(i, i);
 
@@ -307,7 +334,7 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
     if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
     warpgroup_sync(wg);  // the previous tile's store has read the box
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < TOKENS / 8; ++j) {
 #pragma unroll
       for (int h = 0; h < 4; ++h) {
         const int token = 8 * j + 2 * cc + (h & 1), chunk = 2 * q + (h >> 1);

@@ -2,8 +2,10 @@
 while its own wgmma runs reach the BF16 tensor rate at gpt-oss-120b's GEMM1 shape?
 (triton_notes.md, v35; the premise of the CUDA path the notes ask the owners about.)
 
-One grouped GEMM, E experts x R = 128 token rows, N x K weights (default: GEMM1 at
-M = 4096 with no padding, 128 x 128 x 5760 x 2880), on the same inputs:
+One grouped GEMM, E experts x R token rows, N x K weights (default: GEMM1 at M = 4096
+with no padding, 128 x 128 x 5760 x 2880; ``--rows 16 --experts 29``: the weight bytes of
+GEMM1 at M = 8, where each touched expert has a token row or two and the GEMM is a
+stream of weights), on the same inputs:
 
 * ``cuda-overlap``: ``hopper_mixed_probe.cu`` (see its header), compiled with nvcc for
   sm_90a and launched through the CUDA driver API (no torch extension, so no C++ build
@@ -40,10 +42,13 @@ from mxmoe_emulation.triton_backend.kernels import moe_gemm_kernel
 from mxmoe_emulation.triton_backend.layout import fragment_words
 
 SOURCE = pathlib.Path(__file__).with_name("hopper_mixed_probe.cu")
-ROWS = 128  # token rows per expert: the kernel's tile
 CONSUMER_THREADS, PRODUCER_THREADS = 256, 32
-STAGE_BYTES = ROWS * 64 * 2  # a token stage: 128 rows x 64 columns, bf16
-BOX_BYTES = ROWS * 64 * 2  # a warpgroup's output box: 128 tokens x 64 weight rows
+#: CTAs an SM holds, by token rows (registers: 165 at 128 rows, 96 at 16)
+CTAS_PER_SM = {128: 1, 16: 2}
+#: the backend's tiles for comparison, by token rows: (block_m, block_n, warps, stages,
+#: block_k), its M = 4096 and 16384 tiles, or its decode tile (unsplit)
+TRITON_TILES = {128: ((64, 128, 8, 3, 64), (128, 128, 8, 3, 64)),
+                16: ((16, 64, 4, 3, 128), (16, 64, 4, 4, 128))}
 
 
 def nvcc() -> str:
@@ -111,10 +116,11 @@ FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8",
          "nodecode": "NO_DECODE=1", "nostore": "NO_STORE=1"}
 
 
-def build(stages: int, flags: list[str], workdir: str) -> tuple[str, str]:
-    """(cubin path, ptxas report) of the kernel with this many token stages and flags."""
-    cubin = os.path.join(workdir, "mixed_s{}{}.cubin".format(stages, "".join(flags)))
-    defines = [f"-DSTAGES={stages}"] + [f"-D{FLAGS[f]}" for f in flags]
+def build(rows: int, stages: int, flags: list[str], workdir: str) -> tuple[str, str]:
+    """(cubin path, ptxas report) of the kernel for this many token rows, token stages and
+    flags."""
+    cubin = os.path.join(workdir, "mixed_r{}_s{}{}.cubin".format(rows, stages, "".join(flags)))
+    defines = [f"-DTOKENS={rows}", f"-DSTAGES={stages}"] + [f"-D{FLAGS[f]}" for f in flags]
     cmd = [nvcc(), "-cubin", "-arch=sm_90a", "-O3", "-Xptxas", "-v", *defines,
            "-o", cubin, str(SOURCE)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -131,17 +137,17 @@ def _time(fn) -> float:
                       budget_s=5.0).ms
 
 
-def triton_gemm(x, words, scales, out, experts: int, n: int, k: int, block_m: int,
-                block_n: int, warps: int, stages: int):
+def triton_gemm(x, words, scales, out, experts: int, rows: int, n: int, k: int, block_m: int,
+                block_n: int, warps: int, stages: int, block_k: int):
     """The backend's GEMM kernel as a plain grouped GEMM: every block a full run of
     block_m consecutive rows of one expert, no gate, bias or router weight."""
     dev = x.device
-    blocks = experts * ROWS // block_m
-    sorted_slots = torch.arange(experts * ROWS, device=dev, dtype=torch.int32)
+    blocks = experts * rows // block_m
+    sorted_slots = torch.arange(experts * rows, device=dev, dtype=torch.int32)
     block_expert = torch.arange(experts, device=dev, dtype=torch.int32).repeat_interleave(
-        ROWS // block_m)
+        rows // block_m)
     block_rows = torch.full((blocks,), block_m, device=dev, dtype=torch.int32)
-    ones = torch.ones(experts * ROWS, device=dev, dtype=torch.float32)
+    ones = torch.ones(experts * rows, device=dev, dtype=torch.float32)
     w32 = words.view(torch.int32)
     grid = (blocks * triton.cdiv(n, block_n),)
 
@@ -151,11 +157,11 @@ def triton_gemm(x, words, scales, out, experts: int, n: int, k: int, block_m: in
             scales, scales.stride(0), scales.stride(1), scales.shape[2],
             w32, 0, out, out.stride(0), 0,
             sorted_slots, block_expert, block_rows, sorted_slots, sorted_slots, ones,
-            n, k, experts * ROWS, experts, 1.0, 1.0, 0.0, 0.0,
+            n, k, experts * rows, experts, 1.0, 1.0, 0.0, 0.0,
             TOP_K=1, GATED=False, ACTIVATION="swigluoai", HAS_LIMIT=False, HAS_BIAS=False,
             WEIGHT_ON_INPUT=False, WEIGHT_ON_OUTPUT=False, GATHER_A=False, EPB=2, ASM=True,
             SWAP=True, INTERPRET=False, SCALE_BIAS=126, SPLIT_K=1, HAS_MAP=False,
-            SLOTS_PAD=0, TAIL_M=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, PDL=False,
+            SLOTS_PAD=0, TAIL_M=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PDL=False,
             num_warps=warps, num_stages=stages, enable_fp_fusion=True)
     return call
 
@@ -163,6 +169,8 @@ def triton_gemm(x, words, scales, out, experts: int, n: int, k: int, block_m: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experts", type=int, default=128)
+    p.add_argument("--rows", type=int, default=128, choices=sorted(CTAS_PER_SM),
+                   help="token rows per expert (the kernel's wgmma N)")
     p.add_argument("--n", type=int, default=5760)
     p.add_argument("--k", type=int, default=2880)
     p.add_argument("--variants", default="4p-l2,4p,4p-l2x8,5p-l2,6p-l2,3p-l2,4a-l2,"
@@ -174,7 +182,7 @@ def main() -> None:
                         "-nostore (no epilogue stores) and -nodecode (raw words multiplied)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    E, N, K = args.experts, args.n, args.k
+    E, N, K, R = args.experts, args.n, args.k, args.rows
     if N % 128 or K % 64:
         raise SystemExit(f"--n must be a multiple of 128 and --k of 64, got {N}, {K}")
     torch.manual_seed(0)
@@ -182,14 +190,16 @@ def main() -> None:
     packed, scales = quantize_mx(torch.randn(E, N, K, device=dev) * 0.02, "mxfp4")
     words = fragment_words(packed)
     scales_padded = torch.nn.functional.pad(scales, (0, -scales.shape[-1] % 16)).contiguous()
-    x = torch.randn(E * ROWS, K, device=dev, dtype=torch.bfloat16)
-    ref = torch.empty(E * ROWS, N, device=dev, dtype=torch.float32)
+    x = torch.randn(E * R, K, device=dev, dtype=torch.bfloat16)
+    ref = torch.empty(E * R, N, device=dev, dtype=torch.float32)
     for e in range(E):
         wd = dequantize_mx(packed[e], scales[e], "mxfp4", dtype=torch.float32)
-        ref[e * ROWS:(e + 1) * ROWS] = x[e * ROWS:(e + 1) * ROWS].float() @ wd.T
-    out = torch.empty(E * ROWS, N, device=dev, dtype=torch.bfloat16)
-    flops = 2.0 * E * ROWS * N * K
-    results = {"shape": dict(E=E, R=ROWS, N=N, K=K), "device": torch.cuda.get_device_name(),
+        ref[e * R:(e + 1) * R] = x[e * R:(e + 1) * R].float() @ wd.T
+    out = torch.empty(E * R, N, device=dev, dtype=torch.bfloat16)
+    flops = 2.0 * E * R * N * K
+    # bytes a call must move: the packed weights and their scales, tokens in, outputs out
+    moved = packed.numel() + scales.numel() + x.numel() * 2 + out.numel() * 2
+    results = {"shape": dict(E=E, R=R, N=N, K=K), "device": torch.cuda.get_device_name(),
                "rows": []}
 
     def record(impl: str, variant: str, fn, extra: dict | None = None) -> None:
@@ -203,22 +213,23 @@ def main() -> None:
         err = float((out.float() - ref).norm() / ref.norm())
         ms = _time(fn)
         row = {"impl": impl, "variant": variant, "ms": ms, "TFLOPs": flops / ms / 1e9,
-               "rel_err": err, **(extra or {})}
+               "TBps": moved / ms / 1e9, "rel_err": err, **(extra or {})}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
 
     driver = Driver()
-    x_map = driver.tensor_map_2d(x, 64, ROWS)
-    out_map = driver.tensor_map_2d(out, 64, ROWS)
+    x_map = driver.tensor_map_2d(x, 64, R)
+    out_map = driver.tensor_map_2d(out, 64, R)
     tiles = E * (N // 128)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     with tempfile.TemporaryDirectory() as workdir:
         for spec in filter(None, args.variants.split(",")):
             head, *flags = spec.split("-")
             stages, grid_kind = int(head[:-1]), head[-1]
-            grid = min(tiles, sms) if grid_kind == "p" else tiles
-            cubin, report = build(stages, flags, workdir)
-            shared = stages * (STAGE_BYTES + 16) + 2 * BOX_BYTES + 1024
+            grid = min(tiles, sms * CTAS_PER_SM[R]) if grid_kind == "p" else tiles
+            cubin, report = build(R, stages, flags, workdir)
+            box_bytes = R * 64 * 2  # a token stage (64 columns), or an output box (64 rows)
+            shared = stages * (box_bytes + 16) + 2 * box_bytes + 1024
             fn_ptr = driver.function(cubin, "mixed_gemm", shared)
             kargs = [x_map, out_map, ctypes.c_void_p(words.data_ptr()),
                      ctypes.c_void_p(scales_padded.data_ptr()),
@@ -228,12 +239,19 @@ def main() -> None:
                    lambda: driver.launch(fn_ptr, grid, CONSUMER_THREADS + PRODUCER_THREADS,
                                          shared, kargs),
                    {"ptxas": report})
-    for block_m, block_n, warps, stages in ((64, 128, 8, 3), (128, 128, 8, 3)):
-        record("triton-table", f"{block_m}x{block_n}x{warps}x{stages}",
-               triton_gemm(x, words, scales_padded, out, E, N, K, block_m, block_n, warps,
-                           stages))
+    for block_m, block_n, warps, stages, block_k in TRITON_TILES[R]:
+        record("triton-table", f"{block_m}x{block_n}x{warps}x{stages}-k{block_k}",
+               triton_gemm(x, words, scales_padded, out, E, R, N, K, block_m, block_n,
+                           warps, stages, block_k))
+    # the same weight bytes read by torch.sum (the bench's ceiling kernel), at this size
+    as_float = words.view(torch.float32)
+    ms = _time(lambda: as_float.sum())
+    results["rows"].append({"impl": "plain-read-torch-sum", "ms": ms,
+                            "TBps": as_float.numel() * 4 / ms / 1e9})
+    print(f"torch.sum of the weight bytes: {ms:.4f} ms "
+          f"{as_float.numel() * 4 / ms / 1e9:.2f} TB/s", flush=True)
     wb = torch.randn(E, K, N, device=dev, dtype=torch.bfloat16)
-    xb = x.reshape(E, ROWS, K)
+    xb = x.reshape(E, R, K)
     ms = _time(lambda: torch.bmm(xb, wb))
     results["rows"].append({"impl": "bf16-dense-bmm", "ms": ms, "TFLOPs": flops / ms / 1e9})
     print(f"bf16 bmm: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
