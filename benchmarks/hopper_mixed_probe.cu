@@ -26,8 +26,9 @@
 // wait until at most one group is in flight, which retires the previous step's group and
 // frees its registers and stage. So the decode of step s + 1 runs while step s's MMAs do.
 //
-// Compile-time knobs: TOKENS, STAGES (token stages, >= 2), PREFETCH, L2_AHEAD and the
-// diagnostics below.
+// Compile-time knobs: TOKENS, STAGES (token stages, >= 2), W_TMA (the weight words ride in
+// the stages, by TMA, instead of per-thread loads), PREFETCH, L2_AHEAD and the diagnostics
+// below.
 
 // No headers: the same source compiles with nvcc and NVRTC.
 typedef unsigned char u8;
@@ -63,7 +64,12 @@ static_assert(TOKENS == 128 || TOKENS == 16, "TOKENS: 128 or 16");
 #define ROWS TOKENS
 #define ACC (TOKENS / 2)  // float32 accumulators a thread: m64nTOKENS over 128 threads
 #define STEP_K 64          // K columns per step
-#define STAGE_BYTES (ROWS * STEP_K * 2)
+#define STAGE_BYTES (ROWS * STEP_K * 2)  // a stage's token rows
+#ifndef W_TMA
+#define W_TMA 0  // 1: the weight words arrive by TMA in the stage too (else per-thread loads)
+#endif
+#define W_BYTES (W_TMA ? 128 * STEP_K / 2 : 0)  // a stage's words: 8 16-row groups x 512 bytes
+#define STAGE_STRIDE (STAGE_BYTES + W_BYTES)    // both multiples of 1024
 #define BOX_BYTES (ROWS * 64 * 2)  // a warpgroup's output: ROWS tokens x 64 rows, bf16
 #define SCALE_BIAS 126     // the backend's bf16 decode: value * 2**-126, times 2**(s + 126 - 127)
 
@@ -212,9 +218,11 @@ struct Consumer {
   float d[ACC];
   int steps;
 
+  u32 w_offset;  // W_TMA: this thread's 16 bytes in a stage's words
+
   __device__ __forceinline__ void load(int slot, int s) {
     if (s < steps) {
-      w[slot] = __ldg(words + s * 32);  // a 64-column run of a 16-row group: 128 words
+      if (!W_TMA) w[slot] = __ldg(words + s * 32);  // a 64-column run of a 16-row group
       if (L2_AHEAD > PREFETCH && (threadIdx.x & 7) == 0 && s + L2_AHEAD - PREFETCH < steps)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(words + (s + L2_AHEAD - PREFETCH) * 32));
       s_r[slot] = __ldg(scale_r + s);
@@ -225,6 +233,14 @@ struct Consumer {
   // tile-local step s, global step g (the ring's position, across tiles)
   template <int SLOT, int SET>
   __device__ __forceinline__ void step(int s, int g, u32 stages, u32 full, u32 empty) {
+    const int stage = g % STAGES;
+    const u32 base = stages + stage * STAGE_STRIDE;
+    if (W_TMA) {  // the words come with the stage: wait for it first
+      mbar_wait(full + stage * 8, (g / STAGES) & 1);
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(w[SLOT].x), "=r"(w[SLOT].y), "=r"(w[SLOT].z), "=r"(w[SLOT].w)
+                   : "r"(base + STAGE_BYTES + w_offset));
+    }
     const u32 lo_r = scale_pair(s_r[SLOT] & 0xFF), hi_r = scale_pair(s_r[SLOT] >> 8);
     const u32 lo_r8 = scale_pair(s_r8[SLOT] & 0xFF), hi_r8 = scale_pair(s_r8[SLOT] >> 8);
 #if NO_DECODE
@@ -238,9 +254,8 @@ struct Consumer {
     decode_word(w[SLOT].w, hi_r, hi_r8, &a[SET][12]);  // 48-63
 #endif
     load(SLOT, s + PREFETCH);
-    const int stage = g % STAGES;
-    mbar_wait(full + stage * 8, (g / STAGES) & 1);
-    const u64 desc = b_desc(stages + stage * STAGE_BYTES);
+    if (!W_TMA) mbar_wait(full + stage * 8, (g / STAGES) & 1);
+    const u64 desc = b_desc(base);
     fence_operands(d);
     wgmma_step(d, a[SET], desc, desc + 2, desc + 4, desc + 6);  // + 32 bytes a k16
     wgmma_wait<1>();  // step s - 1's MMAs are done: its A set and its stage are free
@@ -251,12 +266,12 @@ struct Consumer {
 
 extern "C" __global__ void __launch_bounds__(288, TOKENS == 16 ? 2 : 1)
 mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap out_map,
-           const u32* __restrict__ w, const u8* __restrict__ scales, int N, int K,
+           const __grid_constant__ TensorMap w_map, const u32* __restrict__ w, const u8* __restrict__ scales, int N, int K,
            int scale_cols, int n_tiles, int tiles) {
   extern __shared__ __align__(1024) u8 smem_raw[];
   const u32 raw = smem_addr(smem_raw);
   const u32 stages = (raw + 1023) & ~1023u;  // the swizzle needs 1024-byte atoms
-  const u32 boxes = stages + STAGES * STAGE_BYTES;  // the warpgroups' output boxes
+  const u32 boxes = stages + STAGES * STAGE_STRIDE;  // the warpgroups' output boxes
   const u32 full = boxes + 2 * BOX_BYTES;
   const u32 empty = full + STAGES * 8;
 
@@ -276,11 +291,16 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
       int g = 0;
       for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const int first_row = (tile / n_tiles) * ROWS;
+        // the tile's first 16-row group of words: w_map's rows are groups, its columns
+        // the 128 words of each 64-column run
+        const int first_group = ((tile / n_tiles) * N + (tile % n_tiles) * 128) / 16;
         for (int s = 0; s < steps; ++s, ++g) {
           const int stage = g % STAGES;
+          const u32 base = stages + stage * STAGE_STRIDE, bar = full + stage * 8;
           mbar_wait(empty + stage * 8, ((g / STAGES) & 1) ^ 1);
-          mbar_expect(full + stage * 8, STAGE_BYTES);
-          tma_load(stages + stage * STAGE_BYTES, &x_map, s * STEP_K, first_row, full + stage * 8);
+          mbar_expect(bar, STAGE_STRIDE);
+          tma_load(base, &x_map, s * STEP_K, first_row, bar);
+          if (W_TMA) tma_load(base + STAGE_BYTES, &w_map, s * 128, first_group, bar);
         }
       }
     }
@@ -292,6 +312,7 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
   const int r = lane / 4, cc = lane % 4;
   Consumer c;
   c.steps = steps;
+  c.w_offset = (wg * 4 + q) * 512 + lane * 16;
   int g = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int expert = tile / n_tiles;

@@ -85,20 +85,25 @@ class Driver:
                    "cuFuncSetAttribute")
         return fn
 
-    def tensor_map_2d(self, t: torch.Tensor, box_cols: int, box_rows: int) -> ctypes.Array:
-        """A TMA descriptor of the 2-D bf16 tensor ``t`` (row-major) with boxes of
-        box_rows x box_cols and the 128-byte swizzle (box_cols * 2 must be 128)."""
-        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.stride(1) != 1:
-            raise ValueError("t: expected a row-major 2-D bfloat16 tensor")
+    _DTYPES = {torch.bfloat16: 9, torch.int32: 3}  # CUtensorMapDataType
+
+    def tensor_map_2d(self, t: torch.Tensor, box_cols: int, box_rows: int,
+                      swizzle: bool = True) -> ctypes.Array:
+        """A TMA descriptor of the 2-D tensor ``t`` (row-major, bf16 or int32) with boxes
+        of box_rows x box_cols, with the 128-byte swizzle (box_cols elements must then
+        be 128 bytes) or none."""
+        if t.dtype not in self._DTYPES or t.dim() != 2 or t.stride(1) != 1:
+            raise ValueError("t: expected a row-major 2-D bfloat16 or int32 tensor")
         desc = (ctypes.c_uint64 * 16)()
         dims = (ctypes.c_uint64 * 2)(t.shape[1], t.shape[0])
-        strides = (ctypes.c_uint64 * 1)(t.stride(0) * 2)
+        strides = (ctypes.c_uint64 * 1)(t.stride(0) * t.element_size())
         box = (ctypes.c_uint32 * 2)(box_cols, box_rows)
         unit = (ctypes.c_uint32 * 2)(1, 1)
-        bf16, no_interleave, swizzle_128b, l2_256b, no_oob_fill = 9, 0, 3, 3, 0
+        no_interleave, l2_256b, no_oob_fill = 0, 3, 0
+        swizzle_mode = 3 if swizzle else 0  # 128-byte, or none
         self.check(self.lib.cuTensorMapEncodeTiled(
-            desc, bf16, 2, ctypes.c_void_p(t.data_ptr()), dims, strides, box, unit,
-            no_interleave, swizzle_128b, l2_256b, no_oob_fill), "cuTensorMapEncodeTiled")
+            desc, self._DTYPES[t.dtype], 2, ctypes.c_void_p(t.data_ptr()), dims, strides, box,
+            unit, no_interleave, swizzle_mode, l2_256b, no_oob_fill), "cuTensorMapEncodeTiled")
         return desc
 
     def launch(self, fn: ctypes.c_void_p, grid: int, block: int, shared: int,
@@ -112,7 +117,7 @@ class Driver:
 
 
 #: Variant flags (after the stages and grid letter, each after a "-"): their -D options.
-FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8",
+FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8", "wt": "W_TMA=1",
          "nodecode": "NO_DECODE=1", "nostore": "NO_STORE=1"}
 
 
@@ -178,7 +183,8 @@ def main() -> None:
                    help="cuda-overlap variants, comma-separated: token stages, then 'p' "
                         "(one CTA per SM, looping over tiles) or 'a' (one CTA per tile), "
                         "then flags: -f4 (weights four steps ahead), -l2 / -l2x8 (and five "
-                        "/ eight ahead into L2), and the bounds "
+                        "/ eight ahead into L2), -wt (the words by TMA in the stages), and "
+                        "the bounds "
                         "-nostore (no epilogue stores) and -nodecode (raw words multiplied)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -220,6 +226,10 @@ def main() -> None:
     driver = Driver()
     x_map = driver.tensor_map_2d(x, 64, R)
     out_map = driver.tensor_map_2d(out, 64, R)
+    # the words as rows of 16-row groups (a group's 64-column runs of 128 words in a row):
+    # a box is a step's 128 words of 8 groups, the 128 weight rows of a tile
+    w_map = driver.tensor_map_2d(words.view(torch.int32).reshape(E * N // 16, 2 * K), 128, 8,
+                                 swizzle=False)
     tiles = E * (N // 128)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     with tempfile.TemporaryDirectory() as workdir:
@@ -228,10 +238,11 @@ def main() -> None:
             stages, grid_kind = int(head[:-1]), head[-1]
             grid = min(tiles, sms * CTAS_PER_SM[R]) if grid_kind == "p" else tiles
             cubin, report = build(R, stages, flags, workdir)
-            box_bytes = R * 64 * 2  # a token stage (64 columns), or an output box (64 rows)
-            shared = stages * (box_bytes + 16) + 2 * box_bytes + 1024
+            box_bytes = R * 64 * 2  # a stage's tokens (64 columns), or an output box (64 rows)
+            stage_words = 128 * 64 // 2 if "wt" in flags else 0
+            shared = stages * (box_bytes + stage_words + 16) + 2 * box_bytes + 1024
             fn_ptr = driver.function(cubin, "mixed_gemm", shared)
-            kargs = [x_map, out_map, ctypes.c_void_p(words.data_ptr()),
+            kargs = [x_map, out_map, w_map, ctypes.c_void_p(words.data_ptr()),
                      ctypes.c_void_p(scales_padded.data_ptr()),
                      ctypes.c_int(N), ctypes.c_int(K), ctypes.c_int(scales_padded.shape[2]),
                      ctypes.c_int(N // 128), ctypes.c_int(tiles)]
