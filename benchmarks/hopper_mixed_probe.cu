@@ -70,6 +70,14 @@ static_assert(TOKENS == 128 || TOKENS == 16, "TOKENS: 128 or 16");
 #endif
 #define W_BYTES (W_TMA ? 128 * STEP_K / 2 : 0)  // a stage's words: 8 16-row groups x 512 bytes
 #define STAGE_STRIDE (STAGE_BYTES + W_BYTES)    // both multiples of 1024
+#ifndef MODE
+#define MODE 0  // 0: the plain grouped GEMM; 1: the layer's GEMM1 (gate and up rows, bias,
+                // SWIGLUOAI); 2: the layer's GEMM2 (bias, router weight)
+#endif
+static_assert(MODE >= 0 && MODE <= 2, "MODE: 0, 1 or 2");
+static_assert(MODE != 1 || !W_TMA, "W_TMA: a GEMM1 tile's gate and up rows are not one box");
+static_assert(MODE == 0 || TOKENS == 128, "the layer modes use blocks of 128 rows");
+#define EXCHANGE_BYTES (MODE == 1 ? 64 * 128 * 4 : 0)  // GEMM1: the up sums, to the gate's warpgroup
 #define BOX_BYTES (ROWS * 64 * 2)  // a warpgroup's output: ROWS tokens x 64 rows, bf16
 #define SCALE_BIAS 126     // the backend's bf16 decode: value * 2**-126, times 2**(s + 126 - 127)
 
@@ -264,15 +272,56 @@ struct Consumer {
   }
 };
 
+// A unit of work: a tile of weight rows of an expert (MODE 0), or of a block of 128
+// sorted token rows (MODE 1, 2: block b's rows are b * 128 onward, its expert from the
+// block table; -1 for a block past the last expert's, whose units are skipped).
+struct Unit {
+  int expert, tile, first_row;
+};
+
+__device__ __forceinline__ bool unit_of(int unit, int n_tiles, const int* block_expert,
+                                        Unit& u) {
+  const int major = unit / n_tiles;
+  u.tile = unit % n_tiles;
+  u.first_row = major * ROWS;
+  u.expert = MODE == 0 ? major : block_expert[major];
+  return u.expert >= 0;
+}
+
+// Writes a warpgroup's 64 rows x TOKENS tokens, value(j, h) for accumulator 4j + h, as bf16
+// into its shared box (token-major, 128-byte rows of the 64 rows' values, 16-byte chunk k
+// of token t at k ^ (t % 8): conflict-free); rows n0 + r and n0 + r + 8 of warp q are
+// chunks 2q and 2q + 1, element r.
+template <class Value>
+__device__ __forceinline__ void fill_box(u32 box, int q, int r, int cc, Value value) {
+#pragma unroll
+  for (int j = 0; j < TOKENS / 8; ++j) {
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+      const int token = 8 * j + 2 * cc + (h & 1), chunk = 2 * q + (h >> 1);
+      const u16 v = to_bf16(value(j, h));
+      if (!NO_STORE || v == 0x1234)
+        asm volatile("st.shared.u16 [%0], %1;"
+                     ::"r"(box + token * 128 + ((chunk ^ (token & 7)) << 4) + 2 * r), "h"(v)
+                     : "memory");
+    }
+  }
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the TMA store
+}
+
 extern "C" __global__ void __launch_bounds__(288, TOKENS == 16 ? 2 : 1)
 mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap out_map,
-           const __grid_constant__ TensorMap w_map, const u32* __restrict__ w, const u8* __restrict__ scales, int N, int K,
-           int scale_cols, int n_tiles, int tiles) {
+           const __grid_constant__ TensorMap w_map, const u32* __restrict__ w,
+           const u8* __restrict__ scales, int N, int K, int scale_cols, int n_tiles,
+           int units, const int* __restrict__ block_expert, const float* __restrict__ bias,
+           const float* __restrict__ route, float alpha, float limit, int half_rows) {
+  // N: weight rows per expert in w (GEMM1: 2I, gate rows then up rows, up at half_rows)
   extern __shared__ __align__(1024) u8 smem_raw[];
   const u32 raw = smem_addr(smem_raw);
   const u32 stages = (raw + 1023) & ~1023u;  // the swizzle needs 1024-byte atoms
   const u32 boxes = stages + STAGES * STAGE_STRIDE;  // the warpgroups' output boxes
-  const u32 full = boxes + 2 * BOX_BYTES;
+  const u32 exchange = boxes + 2 * BOX_BYTES;
+  const u32 full = exchange + EXCHANGE_BYTES;
   const u32 empty = full + STAGES * 8;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -286,20 +335,21 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
   }
   __syncthreads();
 
-  if (warp == 8) {  // producer: each tile's token rows, one 64-column step a stage
+  if (warp == 8) {  // producer: each unit's token rows, one 64-column step a stage
     if (lane == 0) {
       int g = 0;
-      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const int first_row = (tile / n_tiles) * ROWS;
-        // the tile's first 16-row group of words: w_map's rows are groups, its columns
-        // the 128 words of each 64-column run
-        const int first_group = ((tile / n_tiles) * N + (tile % n_tiles) * 128) / 16;
+      Unit u;
+      for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
+        if (!unit_of(unit, n_tiles, block_expert, u)) continue;
+        // W_TMA (MODE 0, 2): the tile's first 16-row group of words; w_map's rows are
+        // groups, its columns the 128 words of each 64-column run
+        const int first_group = (u.expert * N + u.tile * 128) / 16;
         for (int s = 0; s < steps; ++s, ++g) {
           const int stage = g % STAGES;
           const u32 base = stages + stage * STAGE_STRIDE, bar = full + stage * 8;
           mbar_wait(empty + stage * 8, ((g / STAGES) & 1) ^ 1);
           mbar_expect(bar, STAGE_STRIDE);
-          tma_load(base, &x_map, s * STEP_K, first_row, bar);
+          tma_load(base, &x_map, s * STEP_K, u.first_row, bar);
           if (W_TMA) tma_load(base + STAGE_BYTES, &w_map, s * 128, first_group, bar);
         }
       }
@@ -310,15 +360,24 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
   // consumers: warpgroup wg's warp q holds weight rows n0 .. n0 + 15 of the tile
   const int wg = warp / 4, q = warp % 4;
   const int r = lane / 4, cc = lane % 4;
+  const bool leader = (threadIdx.x % 128) == 0;
+  const u32 box = boxes + wg * BOX_BYTES;
   Consumer c;
   c.steps = steps;
   c.w_offset = (wg * 4 + q) * 512 + lane * 16;
   int g = 0;
-  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int expert = tile / n_tiles;
-    const int n0 = (tile % n_tiles) * 128 + wg * 64 + q * 16;
-    c.words = reinterpret_cast<const uint4*>(w + (static_cast<u64>(expert) * N + n0) * (K / 8)) + lane;
-    const u8* srow = scales + (static_cast<u64>(expert) * N + n0 + r) * scale_cols;
+  Unit u;
+  for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    if (!unit_of(unit, n_tiles, block_expert, u)) continue;
+    // the warpgroup's first row: GEMM1 its 64 channels' gate or up rows; else 64 of the
+    // tile's 128 rows (GEMM2's last tile may lie half past N: that warpgroup multiplies
+    // rows it does not store)
+    int row_base = MODE == 1 ? (wg ? half_rows : 0) + u.tile * 64 : u.tile * 128 + wg * 64;
+    const bool stores = row_base < N;
+    if (!stores) row_base = N - 64;
+    const int n0 = row_base + q * 16;
+    c.words = reinterpret_cast<const uint4*>(w + (static_cast<u64>(u.expert) * N + n0) * (K / 8)) + lane;
+    const u8* srow = scales + (static_cast<u64>(u.expert) * N + n0 + r) * scale_cols;
     c.scale_r = reinterpret_cast<const u16*>(srow);
     c.scale_r8 = reinterpret_cast<const u16*>(srow + 8 * scale_cols);
 #pragma unroll
@@ -346,30 +405,46 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
     fence_operands(c.d);
     mbar_arrive(empty + ((g - 1) % STAGES) * 8);  // the tile's last stage
 
-    // accumulator (r = lane / 4, cc = lane % 4): d[4j + h] is weight row n0 + r + 8 (h / 2),
-    // token 8j + 2cc + (h % 2); in the box (token-major, 128-byte rows of 64 rows' values,
-    // 16-byte chunk k of token t at k ^ (t % 8)) rows n0 + r and n0 + r + 8 are chunks
-    // 2q and 2q + 1, element r
-    const bool leader = (threadIdx.x % 128) == 0;
-    const u32 box = boxes + wg * BOX_BYTES;
+    // epilogue. Accumulator 4j + h (r = lane / 4, cc = lane % 4) is weight row
+    // n0 + r + 8 (h / 2), token 8j + 2cc + (h % 2).
     if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-    warpgroup_sync(wg);  // the previous tile's store has read the box
+    warpgroup_sync(wg);  // the previous unit's store has read the box
+    const float* row_bias = bias + static_cast<u64>(u.expert) * N + n0 + r;
+    if (MODE == 0) {
+      fill_box(box, q, r, cc, [&](int j, int h) { return c.d[4 * j + h]; });
+    } else if (MODE == 2) {
+      const float b0 = row_bias[0], b8 = row_bias[8];
+      const float* token_route = route + u.first_row + 2 * cc;
+      fill_box(box, q, r, cc, [&](int j, int h) {
+        return (c.d[4 * j + h] + (h >> 1 ? b8 : b0)) * token_route[8 * j + (h & 1)];
+      });
+    } else {  // GEMM1: warpgroup 1's up sums go to warpgroup 0, which activates
+      const int t = threadIdx.x % 128;
+      if (wg == 1) {
 #pragma unroll
-    for (int j = 0; j < TOKENS / 8; ++j) {
-#pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        const int token = 8 * j + 2 * cc + (h & 1), chunk = 2 * q + (h >> 1);
-        const u16 v = to_bf16(c.d[4 * j + h]);
-        if (!NO_STORE || v == 0x1234)
-          asm volatile("st.shared.u16 [%0], %1;" ::"r"(box + token * 128 +
-                                                        ((chunk ^ (token & 7)) << 4) + 2 * r),
-                       "h"(v) : "memory");
+        for (int i = 0; i < ACC; ++i)
+          asm volatile("st.shared.f32 [%0], %1;" ::"r"(exchange + (i * 128 + t) * 4), "f"(c.d[i])
+                       : "memory");
       }
+      asm volatile("bar.sync 3, 256;" ::: "memory");
+      if (wg == 0) {
+        const float* up_bias = row_bias + half_rows;
+        const float bg0 = row_bias[0], bg8 = row_bias[8], bu0 = up_bias[0], bu8 = up_bias[8];
+        fill_box(box, q, r, cc, [&](int j, int h) {
+          float up;
+          asm volatile("ld.shared.f32 %0, [%1];" : "=f"(up)
+                       : "r"(exchange + ((4 * j + h) * 128 + t) * 4));
+          const float gate = fminf(c.d[4 * j + h] + (h >> 1 ? bg8 : bg0), limit);
+          up = fminf(fmaxf(up + (h >> 1 ? bu8 : bu0), -limit), limit);
+          return gate / (1.0f + __expf(-alpha * gate)) * (up + 1.0f);  // SWIGLUOAI, beta 1
+        });
+      }
+      asm volatile("bar.sync 3, 256;" ::: "memory");  // the exchange may be written again
     }
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the TMA store
     warpgroup_sync(wg);
-    if (leader && !NO_STORE)
-      tma_store(&out_map, (tile % n_tiles) * 128 + wg * 64, expert * ROWS, box);
+    const bool stored = MODE == 1 ? wg == 0 : stores;
+    const int column = MODE == 1 ? u.tile * 64 : row_base;
+    if (leader && stored && !NO_STORE) tma_store(&out_map, column, u.first_row, box);
   }
   if ((threadIdx.x % 128) == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import json
 import os
 import pathlib
@@ -36,10 +37,14 @@ import tempfile
 
 import torch
 import triton
+from mxmoe import preset, reference_experts, relative_error, route
 from mxmoe.bench.timing import time_calls
+from mxmoe.bench.workload import device_weights, input_sets
 from mxmoe.formats import dequantize_mx, quantize_mx
+from mxmoe.reference import tolerance
 from mxmoe_emulation.triton_backend.kernels import moe_gemm_kernel
-from mxmoe_emulation.triton_backend.layout import fragment_words
+from mxmoe_emulation.triton_backend.launch import moe_forward
+from mxmoe_emulation.triton_backend.layout import convert, fragment_words
 
 SOURCE = pathlib.Path(__file__).with_name("hopper_mixed_probe.cu")
 CONSUMER_THREADS, PRODUCER_THREADS = 256, 32
@@ -121,11 +126,14 @@ FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8", "wt": "W_
          "nodecode": "NO_DECODE=1", "nostore": "NO_STORE=1"}
 
 
-def build(rows: int, stages: int, flags: list[str], workdir: str) -> tuple[str, str]:
-    """(cubin path, ptxas report) of the kernel for this many token rows, token stages and
-    flags."""
-    cubin = os.path.join(workdir, "mixed_r{}_s{}{}.cubin".format(rows, stages, "".join(flags)))
-    defines = [f"-DTOKENS={rows}", f"-DSTAGES={stages}"] + [f"-D{FLAGS[f]}" for f in flags]
+def build(rows: int, stages: int, flags: list[str], workdir: str, mode: int = 0
+          ) -> tuple[str, str]:
+    """(cubin path, ptxas report) of the kernel for this many token rows, token stages,
+    flags and mode (0: the plain GEMM, 1: the layer's GEMM1, 2: its GEMM2)."""
+    cubin = os.path.join(workdir, "mixed_m{}_r{}_s{}{}.cubin".format(mode, rows, stages,
+                                                                    "".join(flags)))
+    defines = [f"-DTOKENS={rows}", f"-DSTAGES={stages}", f"-DMODE={mode}"]
+    defines += [f"-D{FLAGS[f]}" for f in flags]
     cmd = [nvcc(), "-cubin", "-arch=sm_90a", "-O3", "-Xptxas", "-v", *defines,
            "-o", cubin, str(SOURCE)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -134,6 +142,42 @@ def build(rows: int, stages: int, flags: list[str], workdir: str) -> tuple[str, 
     report = " ".join(re.findall(r"Used \d+ registers|\d+ bytes spill stores|C75\d\d[^\n]*",
                                  done.stderr))
     return cubin, report
+
+
+@dataclasses.dataclass
+class MixedKernel:
+    """One build of the kernel, loaded, with the shared memory it launches with."""
+
+    driver: Driver
+    fn: ctypes.c_void_p
+    shared: int
+    report: str
+
+    @classmethod
+    def load(cls, driver: Driver, workdir: str, rows: int, stages: int, flags: list[str],
+             mode: int = 0) -> "MixedKernel":
+        cubin, report = build(rows, stages, flags, workdir, mode)
+        box = rows * 64 * 2  # a stage's tokens (64 columns), or an output box (64 rows)
+        stage_words = 128 * 64 // 2 if "wt" in flags else 0
+        exchange = 64 * 128 * 4 if mode == 1 else 0
+        shared = stages * (box + stage_words + 16) + 2 * box + exchange + 1024
+        return cls(driver, driver.function(cubin, "mixed_gemm", shared), shared, report)
+
+    def launch(self, grid: int, args: list) -> None:
+        self.driver.launch(self.fn, grid, CONSUMER_THREADS + PRODUCER_THREADS, self.shared, args)
+
+
+def kernel_args(x_map, out_map, w_map, words: torch.Tensor, scales: torch.Tensor, n: int,
+                k: int, n_tiles: int, units: int, block_expert: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, route_w: torch.Tensor | None = None,
+                alpha: float = 0.0, limit: float = 0.0, half_rows: int = 0) -> list:
+    """mixed_gemm's parameters, in its order."""
+    def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+        return ctypes.c_void_p(0 if t is None else t.data_ptr())
+    return [x_map, out_map, w_map, ptr(words), ptr(scales), ctypes.c_int(n), ctypes.c_int(k),
+            ctypes.c_int(scales.shape[2]), ctypes.c_int(n_tiles), ctypes.c_int(units),
+            ptr(block_expert), ptr(bias), ptr(route_w), ctypes.c_float(alpha),
+            ctypes.c_float(limit), ctypes.c_int(half_rows)]
 
 
 def _time(fn) -> float:
@@ -171,6 +215,124 @@ def triton_gemm(x, words, scales, out, experts: int, rows: int, n: int, k: int, 
     return call
 
 
+class SortedTokens:
+    """The torch glue of the layer probe: each expert's slots in blocks of 128 rows, as
+    the kernels' layer modes read them. ``align`` (no host synchronization) fills the
+    block table, each slot's row in the sorted order, the tokens gathered into that order
+    (padding rows repeat token 0; their router weight is 0, so GEMM2 zeroes them) and the
+    router weights; ``combine`` sums GEMM2's rows back per token."""
+
+    def __init__(self, m: int, top_k: int, experts: int, hidden: int,
+                 intermediate: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.m, self.top_k, self.experts, self.slots = m, top_k, experts, m * top_k
+        self.blocks = self.slots // 128 + experts  # at most: every expert's last block partial
+        rows = self.blocks * 128
+        self.block_expert = torch.empty(self.blocks, dtype=torch.int32, device=device)
+        self.position = torch.empty(self.slots, dtype=torch.int64, device=device)
+        self.source = torch.empty(rows, dtype=torch.int64, device=device)
+        self.tokens = torch.empty(rows, hidden, dtype=dtype, device=device)
+        self.route_w = torch.empty(rows, dtype=torch.float32, device=device)
+        self.act = torch.empty(rows, intermediate, dtype=dtype, device=device)
+        self.out = torch.empty(rows, hidden, dtype=dtype, device=device)
+        self.slot_index = torch.arange(self.slots, device=device)
+
+    def align(self, x: torch.Tensor, topk_w: torch.Tensor, topk_ids: torch.Tensor) -> None:
+        ids = topk_ids.reshape(-1).to(torch.int64)
+        counts = torch.zeros(self.experts, dtype=torch.int64, device=ids.device)
+        counts.scatter_add_(0, ids, torch.ones_like(ids))
+        blocks = (counts + 127) // 128
+        first_block = torch.cumsum(blocks, 0) - blocks
+        first_slot = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(ids, stable=True)
+        expert = ids[order]
+        row = first_block[expert] * 128 + (self.slot_index - first_slot[expert])
+        self.position[order] = row
+        self.block_expert.fill_(-1)
+        self.block_expert[row // 128] = expert.to(torch.int32)
+        self.source.zero_()
+        self.source[row] = order // self.top_k
+        torch.index_select(x, 0, self.source, out=self.tokens)
+        self.route_w.zero_()
+        self.route_w[row] = topk_w.reshape(-1)[order].to(torch.float32)
+
+    def combine(self) -> torch.Tensor:
+        rows = self.out.index_select(0, self.position).view(self.m, self.top_k, -1)
+        return rows.sum(1, dtype=torch.float32).to(self.out.dtype)
+
+
+def layer(args: argparse.Namespace) -> None:
+    """The whole layer at --layer M tokens: the two GEMMs in the kernel's layer modes with
+    the torch glue of SortedTokens, against the triton backend's layer on the same inputs
+    and the float64 reference."""
+    dev = torch.device("cuda")
+    config = preset(args.preset)
+    raw = device_weights(config, dev, seed=1)
+    tw = convert(config, raw)
+    if (tw.w13_scale_bias, tw.w2_scale_bias) != (126, 126):
+        raise SystemExit("the kernel assumes unbiased scales (scale_bias 126)")
+    m, top_k, E = args.layer, config.top_k, config.num_experts
+    H, I = config.hidden_size, config.intermediate_size
+    inputs = input_sets(config, m, 1, dev, seed=2)[0]
+    x = inputs.hidden_states
+    topk_w, topk_ids = route(inputs.router_logits, config)
+    if args.balanced:  # every expert the same number of slots: the bound without padding
+        slot = torch.arange(m * top_k, device=dev).view(m, top_k)
+        topk_ids = (slot % E).to(topk_ids.dtype)
+    sorted_tokens = SortedTokens(m, top_k, E, H, I, x.dtype, dev)
+    driver = Driver()
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    w13, w2 = tw.w13.view(torch.int32), tw.w2.view(torch.int32)
+    tokens_map = driver.tensor_map_2d(sorted_tokens.tokens, 64, 128)
+    act_map = driver.tensor_map_2d(sorted_tokens.act, 64, 128)
+    out_map = driver.tensor_map_2d(sorted_tokens.out, 64, 128)
+    units1 = sorted_tokens.blocks * (I // 64)
+    units2 = sorted_tokens.blocks * -(-H // 128)
+    args1 = kernel_args(tokens_map, act_map, tokens_map, w13, tw.w13_scale, 2 * I, H, I // 64,
+                        units1, sorted_tokens.block_expert, tw.w13_bias, None,
+                        config.swiglu_alpha, config.swiglu_limit, I)
+    args2 = kernel_args(act_map, out_map, act_map, w2, tw.w2_scale, H, I, -(-H // 128), units2,
+                        sorted_tokens.block_expert, tw.w2_bias, sorted_tokens.route_w)
+    results = {"device": torch.cuda.get_device_name(), "preset": args.preset, "M": m,
+               "balanced": args.balanced, "blocks_used": None, "rows": []}
+
+    def timed(name: str, fn, extra: dict | None = None) -> None:
+        ms = _time(fn)
+        row = {"impl": name, "ms": ms, **(extra or {})}
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+
+    with tempfile.TemporaryDirectory() as workdir:
+        for stages in (4, 6):
+            gemm1 = MixedKernel.load(driver, workdir, 128, stages, ["l2"], mode=1)
+            gemm2 = MixedKernel.load(driver, workdir, 128, stages, ["l2"], mode=2)
+
+            def experts() -> torch.Tensor:
+                sorted_tokens.align(x, topk_w, topk_ids)
+                gemm1.launch(min(units1, sms), args1)
+                gemm2.launch(min(units2, sms), args2)
+                return sorted_tokens.combine()
+
+            rows = min(m, 64)
+            ref = reference_experts(config, raw, x[:rows], topk_w[:rows], topk_ids[:rows])
+            err = relative_error(experts()[:rows], ref)
+            results["blocks_used"] = int((sorted_tokens.block_expert >= 0).sum())
+            reports = {"ptxas1": gemm1.report, "ptxas2": gemm2.report, "rel_err": err,
+                       "tolerance": tolerance(config)}
+            timed(f"cuda-layer-s{stages}", experts, reports)
+            timed(f"cuda-gemm1-s{stages}", lambda: gemm1.launch(min(units1, sms), args1))
+            timed(f"cuda-gemm2-s{stages}", lambda: gemm2.launch(min(units2, sms), args2))
+    timed("glue-align", lambda: sorted_tokens.align(x, topk_w, topk_ids))
+    timed("glue-combine", sorted_tokens.combine)
+    expected = moe_forward(x, topk_w, topk_ids, None, tw)
+    timed("triton-layer", lambda: moe_forward(x, topk_w, topk_ids, None, tw),
+          {"rel_err": relative_error(expected[:64], reference_experts(
+              config, raw, x[:64], topk_w[:64], topk_ids[:64]))})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experts", type=int, default=128)
@@ -186,8 +348,17 @@ def main() -> None:
                         "/ eight ahead into L2), -wt (the words by TMA in the stages), and "
                         "the bounds "
                         "-nostore (no epilogue stores) and -nodecode (raw words multiplied)")
+    p.add_argument("--layer", type=int, default=0,
+                   help="instead: the whole layer at this many tokens (GEMM1, GEMM2 and "
+                        "torch glue), against the triton backend's layer")
+    p.add_argument("--preset", default="gpt-oss-120b", help="the layer's preset (--layer)")
+    p.add_argument("--balanced", action="store_true",
+                   help="--layer with a routing that gives every expert M * top_k / E slots")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.layer:
+        layer(args)
+        return
     E, N, K, R = args.experts, args.n, args.k, args.rows
     if N % 128 or K % 64:
         raise SystemExit(f"--n must be a multiple of 128 and --k of 64, got {N}, {K}")
@@ -237,19 +408,11 @@ def main() -> None:
             head, *flags = spec.split("-")
             stages, grid_kind = int(head[:-1]), head[-1]
             grid = min(tiles, sms * CTAS_PER_SM[R]) if grid_kind == "p" else tiles
-            cubin, report = build(R, stages, flags, workdir)
-            box_bytes = R * 64 * 2  # a stage's tokens (64 columns), or an output box (64 rows)
-            stage_words = 128 * 64 // 2 if "wt" in flags else 0
-            shared = stages * (box_bytes + stage_words + 16) + 2 * box_bytes + 1024
-            fn_ptr = driver.function(cubin, "mixed_gemm", shared)
-            kargs = [x_map, out_map, w_map, ctypes.c_void_p(words.data_ptr()),
-                     ctypes.c_void_p(scales_padded.data_ptr()),
-                     ctypes.c_int(N), ctypes.c_int(K), ctypes.c_int(scales_padded.shape[2]),
-                     ctypes.c_int(N // 128), ctypes.c_int(tiles)]
-            record("cuda-overlap", spec,
-                   lambda: driver.launch(fn_ptr, grid, CONSUMER_THREADS + PRODUCER_THREADS,
-                                         shared, kargs),
-                   {"ptxas": report})
+            kernel = MixedKernel.load(driver, workdir, R, stages, flags)
+            kargs = kernel_args(x_map, out_map, w_map, words, scales_padded, N, K, N // 128,
+                                tiles)
+            record("cuda-overlap", spec, lambda: kernel.launch(grid, kargs),
+                   {"ptxas": kernel.report})
     for block_m, block_n, warps, stages, block_k in TRITON_TILES[R]:
         record("triton-table", f"{block_m}x{block_n}x{warps}x{stages}-k{block_k}",
                triton_gemm(x, words, scales_padded, out, E, R, N, K, block_m, block_n,
