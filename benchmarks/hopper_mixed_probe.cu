@@ -288,14 +288,14 @@ __device__ __forceinline__ bool unit_of(int unit, int n_tiles, const int* block_
   return u.expert >= 0;
 }
 
-// Writes a warpgroup's 64 rows x TOKENS tokens, value(j, h) for accumulator 4j + h, as bf16
+// Writes a warpgroup's 64 rows x tokens 8 J0 .. 8 J1, value(j, h) for accumulator 4j + h, as bf16
 // into its shared box (token-major, 128-byte rows of the 64 rows' values, 16-byte chunk k
 // of token t at k ^ (t % 8): conflict-free); rows n0 + r and n0 + r + 8 of warp q are
 // chunks 2q and 2q + 1, element r.
-template <class Value>
+template <int J0 = 0, int J1 = TOKENS / 8, class Value>
 __device__ __forceinline__ void fill_box(u32 box, int q, int r, int cc, Value value) {
 #pragma unroll
-  for (int j = 0; j < TOKENS / 8; ++j) {
+  for (int j = J0; j < J1; ++j) {
 #pragma unroll
     for (int h = 0; h < 4; ++h) {
       const int token = 8 * j + 2 * cc + (h & 1), chunk = 2 * q + (h >> 1);
@@ -314,7 +314,8 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
            const __grid_constant__ TensorMap w_map, const u32* __restrict__ w,
            const u8* __restrict__ scales, int N, int K, int scale_cols, int n_tiles,
            int units, const int* __restrict__ block_expert, const float* __restrict__ bias,
-           const float* __restrict__ route, float alpha, float limit, int half_rows) {
+           const float* __restrict__ route, float alpha, float limit, int half_rows,
+           const int* __restrict__ used_blocks) {
   // N: weight rows per expert in w (GEMM1: 2I, gate rows then up rows, up at half_rows)
   extern __shared__ __align__(1024) u8 smem_raw[];
   const u32 raw = smem_addr(smem_raw);
@@ -326,6 +327,8 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int steps = K / STEP_K;
+  // the layer modes' block table is sized for the worst case: stop at its used blocks
+  if (MODE != 0) units = min(units, *used_blocks * n_tiles);
   if (threadIdx.x == 0) {
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(full + i * 8, 1);     // the producer's expect_tx
@@ -407,8 +410,10 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
 
     // epilogue. Accumulator 4j + h (r = lane / 4, cc = lane % 4) is weight row
     // n0 + r + 8 (h / 2), token 8j + 2cc + (h % 2).
-    if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-    warpgroup_sync(wg);  // the previous unit's store has read the box
+    if (MODE != 1) {
+      if (leader) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+      warpgroup_sync(wg);  // the previous unit's store has read the box
+    }
     const float* row_bias = bias + static_cast<u64>(u.expert) * N + n0 + r;
     if (MODE == 0) {
       fill_box(box, q, r, cc, [&](int j, int h) { return c.d[4 * j + h]; });
@@ -418,33 +423,42 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
       fill_box(box, q, r, cc, [&](int j, int h) {
         return (c.d[4 * j + h] + (h >> 1 ? b8 : b0)) * token_route[8 * j + (h & 1)];
       });
-    } else {  // GEMM1: warpgroup 1's up sums go to warpgroup 0, which activates
+    } else {
+      // GEMM1: the two warpgroups swap halves (warpgroup 0 sends its gate sums of tokens
+      // 64-127, warpgroup 1 its up sums of tokens 0-63) and each activates its half into
+      // warpgroup 0's box, which one store writes
       const int t = threadIdx.x % 128;
-      if (wg == 1) {
+      const u32 sent = exchange + wg * (ACC / 2) * 128 * 4;
+      const u32 received = exchange + (1 - wg) * (ACC / 2) * 128 * 4;
 #pragma unroll
-        for (int i = 0; i < ACC; ++i)
-          asm volatile("st.shared.f32 [%0], %1;" ::"r"(exchange + (i * 128 + t) * 4), "f"(c.d[i])
-                       : "memory");
+      for (int i = 0; i < ACC / 2; ++i) {  // static indices: a dynamic one puts d in memory
+        const float v = wg == 0 ? c.d[ACC / 2 + i] : c.d[i];
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(sent + (i * 128 + t) * 4), "f"(v) : "memory");
       }
-      asm volatile("bar.sync 3, 256;" ::: "memory");
-      if (wg == 0) {
-        const float* up_bias = row_bias + half_rows;
-        const float bg0 = row_bias[0], bg8 = row_bias[8], bu0 = up_bias[0], bu8 = up_bias[8];
-        fill_box(box, q, r, cc, [&](int j, int h) {
-          float up;
-          asm volatile("ld.shared.f32 %0, [%1];" : "=f"(up)
-                       : "r"(exchange + ((4 * j + h) * 128 + t) * 4));
-          const float gate = fminf(c.d[4 * j + h] + (h >> 1 ? bg8 : bg0), limit);
-          up = fminf(fmaxf(up + (h >> 1 ? bu8 : bu0), -limit), limit);
-          return gate / (1.0f + __expf(-alpha * gate)) * (up + 1.0f);  // SWIGLUOAI, beta 1
-        });
-      }
-      asm volatile("bar.sync 3, 256;" ::: "memory");  // the exchange may be written again
+      if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+      asm volatile("bar.sync 3, 256;" ::: "memory");  // halves sent; the box is free
+      const float* gate_bias = bias + static_cast<u64>(u.expert) * N + u.tile * 64 + q * 16 + r;
+      const float bg0 = gate_bias[0], bg8 = gate_bias[8];
+      const float bu0 = gate_bias[half_rows], bu8 = gate_bias[half_rows + 8];
+      const u32 out_box = boxes;  // warpgroup 0's
+      auto activate = [&](int j, int h) {
+        const int i = 4 * j + h;
+        float own = c.d[i], other;
+        asm volatile("ld.shared.f32 %0, [%1];" : "=f"(other)
+                     : "r"(received + ((i % (ACC / 2)) * 128 + t) * 4));
+        float gate = wg == 0 ? own : other, up = wg == 0 ? other : own;
+        gate = fminf(gate + (h >> 1 ? bg8 : bg0), limit);
+        up = fminf(fmaxf(up + (h >> 1 ? bu8 : bu0), -limit), limit);
+        return __fdividef(gate, 1.0f + __expf(-alpha * gate)) * (up + 1.0f);  // SWIGLUOAI
+      };
+      if (wg == 0) fill_box<0, TOKENS / 16>(out_box, q, r, cc, activate);
+      else fill_box<TOKENS / 16, TOKENS / 8>(out_box, q, r, cc, activate);
+      asm volatile("bar.sync 3, 256;" ::: "memory");  // the box is whole; the exchange free
+      if (threadIdx.x == 0 && !NO_STORE) tma_store(&out_map, u.tile * 64, u.first_row, out_box);
+      continue;
     }
     warpgroup_sync(wg);
-    const bool stored = MODE == 1 ? wg == 0 : stores;
-    const int column = MODE == 1 ? u.tile * 64 : row_base;
-    if (leader && stored && !NO_STORE) tma_store(&out_map, column, u.first_row, box);
+    if (leader && stores && !NO_STORE) tma_store(&out_map, row_base, u.first_row, box);
   }
   if ((threadIdx.x % 128) == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }

@@ -170,14 +170,15 @@ class MixedKernel:
 def kernel_args(x_map, out_map, w_map, words: torch.Tensor, scales: torch.Tensor, n: int,
                 k: int, n_tiles: int, units: int, block_expert: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, route_w: torch.Tensor | None = None,
-                alpha: float = 0.0, limit: float = 0.0, half_rows: int = 0) -> list:
+                alpha: float = 0.0, limit: float = 0.0, half_rows: int = 0,
+                used_blocks: torch.Tensor | None = None) -> list:
     """mixed_gemm's parameters, in its order."""
     def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
         return ctypes.c_void_p(0 if t is None else t.data_ptr())
     return [x_map, out_map, w_map, ptr(words), ptr(scales), ctypes.c_int(n), ctypes.c_int(k),
             ctypes.c_int(scales.shape[2]), ctypes.c_int(n_tiles), ctypes.c_int(units),
             ptr(block_expert), ptr(bias), ptr(route_w), ctypes.c_float(alpha),
-            ctypes.c_float(limit), ctypes.c_int(half_rows)]
+            ctypes.c_float(limit), ctypes.c_int(half_rows), ptr(used_blocks)]
 
 
 def _time(fn) -> float:
@@ -218,7 +219,7 @@ def triton_gemm(x, words, scales, out, experts: int, rows: int, n: int, k: int, 
 class SortedTokens:
     """The torch glue of the layer probe: each expert's slots in blocks of 128 rows, as
     the kernels' layer modes read them. ``align`` (no host synchronization) fills the
-    block table, each slot's row in the sorted order, the tokens gathered into that order
+    block table and its count of used blocks, each slot's row in the sorted order, the tokens gathered into that order
     (padding rows repeat token 0; their router weight is 0, so GEMM2 zeroes them) and the
     router weights; ``combine`` sums GEMM2's rows back per token."""
 
@@ -228,6 +229,7 @@ class SortedTokens:
         self.blocks = self.slots // 128 + experts  # at most: every expert's last block partial
         rows = self.blocks * 128
         self.block_expert = torch.empty(self.blocks, dtype=torch.int32, device=device)
+        self.used_blocks = torch.zeros(1, dtype=torch.int32, device=device)
         self.position = torch.empty(self.slots, dtype=torch.int64, device=device)
         self.source = torch.empty(rows, dtype=torch.int64, device=device)
         self.tokens = torch.empty(rows, hidden, dtype=dtype, device=device)
@@ -241,7 +243,9 @@ class SortedTokens:
         counts = torch.zeros(self.experts, dtype=torch.int64, device=ids.device)
         counts.scatter_add_(0, ids, torch.ones_like(ids))
         blocks = (counts + 127) // 128
-        first_block = torch.cumsum(blocks, 0) - blocks
+        ends = torch.cumsum(blocks, 0)
+        first_block = ends - blocks
+        self.used_blocks.copy_(ends[-1:])
         first_slot = torch.cumsum(counts, 0) - counts
         order = torch.argsort(ids, stable=True)
         expert = ids[order]
@@ -289,9 +293,10 @@ def layer(args: argparse.Namespace) -> None:
     units2 = sorted_tokens.blocks * -(-H // 128)
     args1 = kernel_args(tokens_map, act_map, tokens_map, w13, tw.w13_scale, 2 * I, H, I // 64,
                         units1, sorted_tokens.block_expert, tw.w13_bias, None,
-                        config.swiglu_alpha, config.swiglu_limit, I)
+                        config.swiglu_alpha, config.swiglu_limit, I, sorted_tokens.used_blocks)
     args2 = kernel_args(act_map, out_map, act_map, w2, tw.w2_scale, H, I, -(-H // 128), units2,
-                        sorted_tokens.block_expert, tw.w2_bias, sorted_tokens.route_w)
+                        sorted_tokens.block_expert, tw.w2_bias, sorted_tokens.route_w,
+                        used_blocks=sorted_tokens.used_blocks)
     results = {"device": torch.cuda.get_device_name(), "preset": args.preset, "M": m,
                "balanced": args.balanced, "blocks_used": None, "rows": []}
 
@@ -322,6 +327,8 @@ def layer(args: argparse.Namespace) -> None:
             timed(f"cuda-gemm1-s{stages}", lambda: gemm1.launch(min(units1, sms), args1))
             timed(f"cuda-gemm2-s{stages}", lambda: gemm2.launch(min(units2, sms), args2))
     timed("glue-align", lambda: sorted_tokens.align(x, topk_w, topk_ids))
+    timed("glue-gather", lambda: torch.index_select(x, 0, sorted_tokens.source,
+                                                  out=sorted_tokens.tokens))
     timed("glue-combine", sorted_tokens.combine)
     expected = moe_forward(x, topk_w, topk_ids, None, tw)
     timed("triton-layer", lambda: moe_forward(x, topk_w, topk_ids, None, tw),
