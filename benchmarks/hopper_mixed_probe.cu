@@ -61,10 +61,9 @@ static_assert(STAGES >= 2, "STAGES: at least 2");
 #define TOKENS 128  // token rows per expert (the probe's R) and wgmma's N: 128 or 16
 #endif
 static_assert(TOKENS == 128 || TOKENS == 16, "TOKENS: 128 or 16");
-#define ROWS TOKENS
 #define ACC (TOKENS / 2)  // float32 accumulators a thread: m64nTOKENS over 128 threads
 #define STEP_K 64          // K columns per step
-#define STAGE_BYTES (ROWS * STEP_K * 2)  // a stage's token rows
+#define STAGE_BYTES (ROWS * STEP_K * 2)  // a stage's token rows (ROWS: below)
 #ifndef W_TMA
 #define W_TMA 0  // 1: the weight words arrive by TMA in the stage too (else per-thread loads)
 #endif
@@ -77,7 +76,23 @@ static_assert(TOKENS == 128 || TOKENS == 16, "TOKENS: 128 or 16");
 static_assert(MODE >= 0 && MODE <= 2, "MODE: 0, 1 or 2");
 static_assert(MODE != 1 || !W_TMA, "W_TMA: a GEMM1 tile's gate and up rows are not one box");
 static_assert(MODE == 0 || TOKENS == 128, "the layer modes use blocks of 128 rows");
-#define EXCHANGE_BYTES (MODE == 1 ? 64 * 128 * 4 : 0)  // GEMM1: the up sums, to the gate's warpgroup
+// The layer modes' blocks hold up to TOKENS + OVERFLOW rows of one expert: rows past TOKENS
+// go through a second, m64n32k16 wgmma on the same decoded weights (a block with no more
+// than TOKENS rows runs a mainloop without it), so an expert's rows past a multiple of 128
+// cost MMA work but no second decode of its weights.
+#ifndef OVERFLOW
+#define OVERFLOW (MODE == 0 ? 0 : 32)
+#endif
+static_assert(OVERFLOW == 0 || (OVERFLOW == 32 && TOKENS == 128), "OVERFLOW: 0, or 32 with 128");
+#define ROWS (TOKENS + OVERFLOW)          // a block's (and a stage's) token rows
+// A build runs one of the two mainloops: with both in one function ptxas serializes the
+// wgmma (C7512). OVER_RUN 1: the blocks with rows past TOKENS; 0: the others. The glue
+// lists the blocks of each kind, and launches one build for each list.
+#ifndef OVER_RUN
+#define OVER_RUN 0
+#endif
+#define ACC_ALL (ACC + OVERFLOW / 2)      // accumulators a thread, both wgmma shapes
+#define EXCHANGE_BYTES (MODE == 1 ? ACC_ALL * 128 * 4 : 0)  // GEMM1: the halves swapped
 #define BOX_BYTES (ROWS * 64 * 2)  // a warpgroup's output: ROWS tokens x 64 rows, bf16
 #define SCALE_BIAS 126     // the backend's bf16 decode: value * 2**-126, times 2**(s + 126 - 127)
 
@@ -166,18 +181,19 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 
 // Keeps the compiler from moving accesses of the accumulators across the asm above.
-__device__ __forceinline__ void fence_operands(float (&d)[ACC]) {
+__device__ __forceinline__ void fence_operands(float (&d)[ACC_ALL]) {
 #pragma unroll
-  for (int i = 0; i < ACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < ACC_ALL; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 #define D64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
 // One step's MMAs as one asm statement: wgmma.fence, four m64nTOKENSk16 (16 columns of K
-// each, A from registers, B at 32-byte offsets in the stage), commit. One statement, so
-// that no compiler-placed instruction defines a wgmma input inside the group.
+// each, A from registers, B at 32-byte offsets in the stage); the commit follows (after
+// the overflow rows' MMAs, if any). One statement, so that no compiler-placed instruction
+// defines a wgmma input inside the group.
 #if TOKENS == 128
-__device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0, u64 d1,
+__device__ __forceinline__ void wgmma_step(float (&d)[ACC_ALL], const u32* a, u64 d0, u64 d1,
                                            u64 d2, u64 d3) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %84, 0;\nwgmma.fence.sync.aligned;\n"
@@ -185,7 +201,7 @@ __device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" D64 "}, {%68, %69, %70, %71}, %81, p, 1, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" D64 "}, {%72, %73, %74, %75}, %82, p, 1, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" D64 "}, {%76, %77, %78, %79}, %83, p, 1, 1, 0;\n"
-      "wgmma.commit_group.sync.aligned;\n}\n"
+      "}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(a[4]), "r"(a[5]), "r"(a[6]),
         "r"(a[7]), "r"(a[8]), "r"(a[9]), "r"(a[10]), "r"(a[11]), "r"(a[12]), "r"(a[13]),
@@ -193,7 +209,7 @@ __device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0
       : "memory");
 }
 #else
-__device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0, u64 d1,
+__device__ __forceinline__ void wgmma_step(float (&d)[ACC_ALL], const u32* a, u64 d0, u64 d1,
                                            u64 d2, u64 d3) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %28, 0;\nwgmma.fence.sync.aligned;\n"
@@ -201,7 +217,7 @@ __device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%12, %13, %14, %15}, %25, p, 1, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%16, %17, %18, %19}, %26, p, 1, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%20, %21, %22, %23}, %27, p, 1, 1, 0;\n"
-      "wgmma.commit_group.sync.aligned;\n}\n"
+      "}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(a[4]), "r"(a[5]), "r"(a[6]),
@@ -210,6 +226,32 @@ __device__ __forceinline__ void wgmma_step(float (&d)[ACC], const u32* a, u64 d0
       : "memory");
 }
 #endif
+
+// The overflow rows' MMAs: four m64n32k16 on the same A registers, into d[ACC..ACC+15].
+__device__ __forceinline__ void wgmma_overflow(float (&d)[ACC_ALL], const u32* a, u64 d0, u64 d1,
+                                               u64 d2, u64 d3) {
+#if OVERFLOW
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %36, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %32, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%20, %21, %22, %23}, %33, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%24, %25, %26, %27}, %34, p, 1, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%28, %29, %30, %31}, %35, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[ACC]), "+f"(d[ACC + 1]), "+f"(d[ACC + 2]), "+f"(d[ACC + 3]), "+f"(d[ACC + 4]),
+        "+f"(d[ACC + 5]), "+f"(d[ACC + 6]), "+f"(d[ACC + 7]), "+f"(d[ACC + 8]), "+f"(d[ACC + 9]),
+        "+f"(d[ACC + 10]), "+f"(d[ACC + 11]), "+f"(d[ACC + 12]), "+f"(d[ACC + 13]),
+        "+f"(d[ACC + 14]), "+f"(d[ACC + 15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(a[4]), "r"(a[5]), "r"(a[6]),
+        "r"(a[7]), "r"(a[8]), "r"(a[9]), "r"(a[10]), "r"(a[11]), "r"(a[12]), "r"(a[13]),
+        "r"(a[14]), "r"(a[15]), "l"(d0), "l"(d1), "l"(d2), "l"(d3), "r"(1)
+      : "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
 
 __device__ __forceinline__ u16 to_bf16(float f) {
   u32 bits = __float_as_uint(f);
@@ -223,7 +265,7 @@ struct Consumer {
   uint4 w[PREFETCH];        // words loaded ahead, a slot per step modulo PREFETCH
   u32 s_r[PREFETCH], s_r8[PREFETCH];
   u32 a[2][16];        // two A register sets: steps alternate
-  float d[ACC];
+  float d[ACC_ALL];
   int steps;
 
   u32 w_offset;  // W_TMA: this thread's 16 bytes in a stage's words
@@ -239,7 +281,7 @@ struct Consumer {
   }
 
   // tile-local step s, global step g (the ring's position, across tiles)
-  template <int SLOT, int SET>
+  template <int SLOT, int SET, bool OVER>
   __device__ __forceinline__ void step(int s, int g, u32 stages, u32 full, u32 empty) {
     const int stage = g % STAGES;
     const u32 base = stages + stage * STAGE_STRIDE;
@@ -264,11 +306,39 @@ struct Consumer {
     load(SLOT, s + PREFETCH);
     if (!W_TMA) mbar_wait(full + stage * 8, (g / STAGES) & 1);
     const u64 desc = b_desc(base);
+    const u64 over = desc + (TOKENS * 128 >> 4);  // the overflow rows: TOKENS rows further
     fence_operands(d);
     wgmma_step(d, a[SET], desc, desc + 2, desc + 4, desc + 6);  // + 32 bytes a k16
+    if (OVER) wgmma_overflow(d, a[SET], over, over + 2, over + 4, over + 6);
+    wgmma_commit();
     wgmma_wait<1>();  // step s - 1's MMAs are done: its A set and its stage are free
     fence_operands(d);
     if (s > 0) mbar_arrive(empty + ((g - 1) % STAGES) * 8);
+  }
+
+  // A unit's K loop from global step g: whole rounds of PREFETCH steps, then the rest. No
+  // step inside the loop is optional, so ptxas sees the same groups in flight on every
+  // path (else it serializes the wgmma, C7513); OVER picks the loop, outside it.
+  template <bool OVER>
+  __device__ __forceinline__ int run(int g, u32 stages, u32 full, u32 empty) {
+    int s = 0;
+    for (; s + PREFETCH <= steps; s += PREFETCH, g += PREFETCH) {
+      step<0, 0, OVER>(s, g, stages, full, empty);
+      step<1, 1, OVER>(s + 1, g + 1, stages, full, empty);
+#if PREFETCH == 4
+      step<2, 0, OVER>(s + 2, g + 2, stages, full, empty);
+      step<3, 1, OVER>(s + 3, g + 3, stages, full, empty);
+#endif
+    }
+    if (s < steps) step<0, 0, OVER>(s, g++, stages, full, empty);
+#if PREFETCH == 4
+    if (++s < steps) step<1, 1, OVER>(s, g++, stages, full, empty);
+    if (++s < steps) step<2, 0, OVER>(s, g++, stages, full, empty);
+#endif
+    wgmma_wait<0>();
+    fence_operands(d);
+    mbar_arrive(empty + ((g - 1) % STAGES) * 8);  // the unit's last stage
+    return g;
   }
 };
 
@@ -279,9 +349,10 @@ struct Unit {
   int expert, tile, first_row;
 };
 
+// MODE 1, 2: unit i is tile i % n_tiles of block block_list[first + i / n_tiles]
 __device__ __forceinline__ bool unit_of(int unit, int n_tiles, const int* block_expert,
-                                        Unit& u) {
-  const int major = unit / n_tiles;
+                                        const int* block_list, int first, Unit& u) {
+  const int major = MODE == 0 ? unit / n_tiles : block_list[first + unit / n_tiles];
   u.tile = unit % n_tiles;
   u.first_row = major * ROWS;
   u.expert = MODE == 0 ? major : block_expert[major];
@@ -292,7 +363,7 @@ __device__ __forceinline__ bool unit_of(int unit, int n_tiles, const int* block_
 // into its shared box (token-major, 128-byte rows of the 64 rows' values, 16-byte chunk k
 // of token t at k ^ (t % 8): conflict-free); rows n0 + r and n0 + r + 8 of warp q are
 // chunks 2q and 2q + 1, element r.
-template <int J0 = 0, int J1 = TOKENS / 8, class Value>
+template <int J0 = 0, int J1 = ROWS / 8, class Value>
 __device__ __forceinline__ void fill_box(u32 box, int q, int r, int cc, Value value) {
 #pragma unroll
   for (int j = J0; j < J1; ++j) {
@@ -315,7 +386,8 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
            const u8* __restrict__ scales, int N, int K, int scale_cols, int n_tiles,
            int units, const int* __restrict__ block_expert, const float* __restrict__ bias,
            const float* __restrict__ route, float alpha, float limit, int half_rows,
-           const int* __restrict__ used_blocks) {
+           const int* __restrict__ block_list, const int* __restrict__ list_bounds) {
+  // MODE 1, 2: this launch's blocks are block_list[list_bounds[0] .. list_bounds[1]]
   // N: weight rows per expert in w (GEMM1: 2I, gate rows then up rows, up at half_rows)
   extern __shared__ __align__(1024) u8 smem_raw[];
   const u32 raw = smem_addr(smem_raw);
@@ -327,8 +399,8 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int steps = K / STEP_K;
-  // the layer modes' block table is sized for the worst case: stop at its used blocks
-  if (MODE != 0) units = min(units, *used_blocks * n_tiles);
+  const int first = MODE == 0 ? 0 : list_bounds[0];
+  if (MODE != 0) units = (list_bounds[1] - first) * n_tiles;
   if (threadIdx.x == 0) {
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(full + i * 8, 1);     // the producer's expect_tx
@@ -343,7 +415,7 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
       int g = 0;
       Unit u;
       for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
-        if (!unit_of(unit, n_tiles, block_expert, u)) continue;
+        if (!unit_of(unit, n_tiles, block_expert, block_list, first, u)) continue;
         // W_TMA (MODE 0, 2): the tile's first 16-row group of words; w_map's rows are
         // groups, its columns the 128 words of each 64-column run
         const int first_group = (u.expert * N + u.tile * 128) / 16;
@@ -371,7 +443,7 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
   int g = 0;
   Unit u;
   for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
-    if (!unit_of(unit, n_tiles, block_expert, u)) continue;
+    if (!unit_of(unit, n_tiles, block_expert, block_list, first, u)) continue;
     // the warpgroup's first row: GEMM1 its 64 channels' gate or up rows; else 64 of the
     // tile's 128 rows (GEMM2's last tile may lie half past N: that warpgroup multiplies
     // rows it does not store)
@@ -384,29 +456,11 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
     c.scale_r = reinterpret_cast<const u16*>(srow);
     c.scale_r8 = reinterpret_cast<const u16*>(srow + 8 * scale_cols);
 #pragma unroll
-    for (int i = 0; i < ACC; ++i) c.d[i] = 0.0f;
+    for (int i = 0; i < ACC_ALL; ++i) c.d[i] = 0.0f;
 #pragma unroll
     for (int i = 0; i < PREFETCH; ++i) c.load(i, i);
 
-    // whole rounds of PREFETCH steps, then the rest: no step inside the loop is optional,
-    // so ptxas sees the same groups in flight on every path (else it serializes, C7513)
-    int s = 0;
-    for (; s + PREFETCH <= steps; s += PREFETCH, g += PREFETCH) {
-      c.step<0, 0>(s, g, stages, full, empty);
-      c.step<1, 1>(s + 1, g + 1, stages, full, empty);
-#if PREFETCH == 4
-      c.step<2, 0>(s + 2, g + 2, stages, full, empty);
-      c.step<3, 1>(s + 3, g + 3, stages, full, empty);
-#endif
-    }
-    if (s < steps) c.step<0, 0>(s, g++, stages, full, empty);
-#if PREFETCH == 4
-    if (++s < steps) c.step<1, 1>(s, g++, stages, full, empty);
-    if (++s < steps) c.step<2, 0>(s, g++, stages, full, empty);
-#endif
-    wgmma_wait<0>();
-    fence_operands(c.d);
-    mbar_arrive(empty + ((g - 1) % STAGES) * 8);  // the tile's last stage
+    g = c.run<OVER_RUN != 0>(g, stages, full, empty);
 
     // epilogue. Accumulator 4j + h (r = lane / 4, cc = lane % 4) is weight row
     // n0 + r + 8 (h / 2), token 8j + 2cc + (h % 2).
@@ -424,16 +478,20 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
         return (c.d[4 * j + h] + (h >> 1 ? b8 : b0)) * token_route[8 * j + (h & 1)];
       });
     } else {
-      // GEMM1: the two warpgroups swap halves (warpgroup 0 sends its gate sums of tokens
-      // 64-127, warpgroup 1 its up sums of tokens 0-63) and each activates its half into
-      // warpgroup 0's box, which one store writes
+      // GEMM1: the two warpgroups swap halves and each activates its half into warpgroup
+      // 0's box, which one store writes. Warpgroup 0 takes tokens 0-63 and the first half
+      // of the overflow rows (accumulators 0 .. ACC/2 - 1 and ACC .. ACC + OVERFLOW/4 - 1),
+      // warpgroup 1 the rest; each sends the other its sums of the other's tokens (gate
+      // sums from 0, up sums from 1), slot k of a half holding the k-th accumulator of the set.
       const int t = threadIdx.x % 128;
-      const u32 sent = exchange + wg * (ACC / 2) * 128 * 4;
-      const u32 received = exchange + (1 - wg) * (ACC / 2) * 128 * 4;
+      const u32 sent = exchange + wg * (ACC_ALL / 2) * 128 * 4;
+      const u32 received = exchange + (1 - wg) * (ACC_ALL / 2) * 128 * 4;
 #pragma unroll
-      for (int i = 0; i < ACC / 2; ++i) {  // static indices: a dynamic one puts d in memory
-        const float v = wg == 0 ? c.d[ACC / 2 + i] : c.d[i];
-        asm volatile("st.shared.f32 [%0], %1;" ::"r"(sent + (i * 128 + t) * 4), "f"(v) : "memory");
+      for (int k = 0; k < ACC_ALL / 2; ++k) {  // static indices: a dynamic one puts d in memory
+        const int of0 = k < ACC / 2 ? k : ACC + (k - ACC / 2);
+        const int of1 = k < ACC / 2 ? ACC / 2 + k : ACC + OVERFLOW / 4 + (k - ACC / 2);
+        const float v = wg == 0 ? c.d[of1] : c.d[of0];
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(sent + (k * 128 + t) * 4), "f"(v) : "memory");
       }
       if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
       asm volatile("bar.sync 3, 256;" ::: "memory");  // halves sent; the box is free
@@ -443,16 +501,22 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
       const u32 out_box = boxes;  // warpgroup 0's
       auto activate = [&](int j, int h) {
         const int i = 4 * j + h;
+        const int slot = i < ACC ? i % (ACC / 2) : ACC / 2 + (i - ACC) % (OVERFLOW / 4 + (OVERFLOW == 0));
         float own = c.d[i], other;
-        asm volatile("ld.shared.f32 %0, [%1];" : "=f"(other)
-                     : "r"(received + ((i % (ACC / 2)) * 128 + t) * 4));
+        asm volatile("ld.shared.f32 %0, [%1];" : "=f"(other) : "r"(received + (slot * 128 + t) * 4));
         float gate = wg == 0 ? own : other, up = wg == 0 ? other : own;
         gate = fminf(gate + (h >> 1 ? bg8 : bg0), limit);
         up = fminf(fmaxf(up + (h >> 1 ? bu8 : bu0), -limit), limit);
         return __fdividef(gate, 1.0f + __expf(-alpha * gate)) * (up + 1.0f);  // SWIGLUOAI
       };
-      if (wg == 0) fill_box<0, TOKENS / 16>(out_box, q, r, cc, activate);
-      else fill_box<TOKENS / 16, TOKENS / 8>(out_box, q, r, cc, activate);
+      constexpr int MAIN = TOKENS / 8, HALF = TOKENS / 16, OVER_HALF = OVERFLOW / 16;
+      if (wg == 0) {
+        fill_box<0, HALF>(out_box, q, r, cc, activate);
+        fill_box<MAIN, MAIN + OVER_HALF>(out_box, q, r, cc, activate);
+      } else {
+        fill_box<HALF, MAIN>(out_box, q, r, cc, activate);
+        fill_box<MAIN + OVER_HALF, ROWS / 8>(out_box, q, r, cc, activate);
+      }
       asm volatile("bar.sync 3, 256;" ::: "memory");  // the box is whole; the exchange free
       if (threadIdx.x == 0 && !NO_STORE) tma_store(&out_map, u.tile * 64, u.first_row, out_box);
       continue;

@@ -123,7 +123,8 @@ class Driver:
 
 #: Variant flags (after the stages and grid letter, each after a "-"): their -D options.
 FLAGS = {"f4": "PREFETCH=4", "l2": "L2_AHEAD=5", "l2x8": "L2_AHEAD=8", "wt": "W_TMA=1",
-         "nodecode": "NO_DECODE=1", "nostore": "NO_STORE=1"}
+         "over0": "OVER_RUN=0", "over1": "OVER_RUN=1", "nodecode": "NO_DECODE=1",
+         "nostore": "NO_STORE=1"}
 
 
 def build(rows: int, stages: int, flags: list[str], workdir: str, mode: int = 0
@@ -157,9 +158,10 @@ class MixedKernel:
     def load(cls, driver: Driver, workdir: str, rows: int, stages: int, flags: list[str],
              mode: int = 0) -> "MixedKernel":
         cubin, report = build(rows, stages, flags, workdir, mode)
-        box = rows * 64 * 2  # a stage's tokens (64 columns), or an output box (64 rows)
+        block = rows + (32 if mode else 0)  # the layer modes' blocks: 32 overflow rows more
+        box = block * 64 * 2  # a stage's tokens (64 columns), or an output box (64 rows)
         stage_words = 128 * 64 // 2 if "wt" in flags else 0
-        exchange = 64 * 128 * 4 if mode == 1 else 0
+        exchange = block // 2 * 128 * 4 if mode == 1 else 0  # a float per accumulator
         shared = stages * (box + stage_words + 16) + 2 * box + exchange + 1024
         return cls(driver, driver.function(cubin, "mixed_gemm", shared), shared, report)
 
@@ -171,14 +173,15 @@ def kernel_args(x_map, out_map, w_map, words: torch.Tensor, scales: torch.Tensor
                 k: int, n_tiles: int, units: int, block_expert: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, route_w: torch.Tensor | None = None,
                 alpha: float = 0.0, limit: float = 0.0, half_rows: int = 0,
-                used_blocks: torch.Tensor | None = None) -> list:
+                block_list: torch.Tensor | None = None,
+                list_bounds: torch.Tensor | None = None) -> list:
     """mixed_gemm's parameters, in its order."""
     def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
         return ctypes.c_void_p(0 if t is None else t.data_ptr())
     return [x_map, out_map, w_map, ptr(words), ptr(scales), ctypes.c_int(n), ctypes.c_int(k),
             ctypes.c_int(scales.shape[2]), ctypes.c_int(n_tiles), ctypes.c_int(units),
             ptr(block_expert), ptr(bias), ptr(route_w), ctypes.c_float(alpha),
-            ctypes.c_float(limit), ctypes.c_int(half_rows), ptr(used_blocks)]
+            ctypes.c_float(limit), ctypes.c_int(half_rows), ptr(block_list), ptr(list_bounds)]
 
 
 def _time(fn) -> float:
@@ -217,19 +220,26 @@ def triton_gemm(x, words, scales, out, experts: int, rows: int, n: int, k: int, 
 
 
 class SortedTokens:
-    """The torch glue of the layer probe: each expert's slots in blocks of 128 rows, as
-    the kernels' layer modes read them. ``align`` (no host synchronization) fills the
-    block table and its count of used blocks, each slot's row in the sorted order, the tokens gathered into that order
-    (padding rows repeat token 0; their router weight is 0, so GEMM2 zeroes them) and the
-    router weights; ``combine`` sums GEMM2's rows back per token."""
+    """The torch glue of the layer probe: each expert's slots in blocks of up to BLOCK
+    rows, as the kernels' layer modes read them (rows past 128 of a block go through the
+    kernel's overflow MMA). ``align`` (no host synchronization) fills the block table, each
+    block's row count, a list of the used blocks with those of more than 128 rows first
+    and its bounds ([0, n_over, n_over, used]: one launch per kind), each slot's row in the
+    sorted order, the tokens gathered into that order (padding rows repeat token 0; their
+    router weight is 0, so GEMM2 zeroes them) and the router weights; ``combine`` sums
+    GEMM2's rows back per token."""
+
+    BLOCK = 160
 
     def __init__(self, m: int, top_k: int, experts: int, hidden: int,
                  intermediate: int, dtype: torch.dtype, device: torch.device) -> None:
         self.m, self.top_k, self.experts, self.slots = m, top_k, experts, m * top_k
-        self.blocks = self.slots // 128 + experts  # at most: every expert's last block partial
-        rows = self.blocks * 128
+        self.blocks = self.slots // self.BLOCK + experts  # at most: every expert's last partial
+        rows = self.blocks * self.BLOCK
         self.block_expert = torch.empty(self.blocks, dtype=torch.int32, device=device)
-        self.used_blocks = torch.zeros(1, dtype=torch.int32, device=device)
+        self.block_rows = torch.empty(self.blocks, dtype=torch.int32, device=device)
+        self.block_list = torch.empty(self.blocks, dtype=torch.int32, device=device)
+        self.list_bounds = torch.zeros(4, dtype=torch.int32, device=device)
         self.position = torch.empty(self.slots, dtype=torch.int64, device=device)
         self.source = torch.empty(rows, dtype=torch.int64, device=device)
         self.tokens = torch.empty(rows, hidden, dtype=dtype, device=device)
@@ -242,17 +252,24 @@ class SortedTokens:
         ids = topk_ids.reshape(-1).to(torch.int64)
         counts = torch.zeros(self.experts, dtype=torch.int64, device=ids.device)
         counts.scatter_add_(0, ids, torch.ones_like(ids))
-        blocks = (counts + 127) // 128
+        blocks = (counts + self.BLOCK - 1) // self.BLOCK
         ends = torch.cumsum(blocks, 0)
         first_block = ends - blocks
-        self.used_blocks.copy_(ends[-1:])
         first_slot = torch.cumsum(counts, 0) - counts
         order = torch.argsort(ids, stable=True)
         expert = ids[order]
-        row = first_block[expert] * 128 + (self.slot_index - first_slot[expert])
+        row = first_block[expert] * self.BLOCK + (self.slot_index - first_slot[expert])
         self.position[order] = row
+        block = row // self.BLOCK
         self.block_expert.fill_(-1)
-        self.block_expert[row // 128] = expert.to(torch.int32)
+        self.block_expert[block] = expert.to(torch.int32)
+        self.block_rows.zero_()
+        self.block_rows.scatter_add_(0, block, torch.ones_like(block, dtype=torch.int32))
+        over = self.block_rows > 128
+        self.block_list.copy_(torch.argsort((~over).to(torch.int8), stable=True))
+        n_over = over.sum().view(1).to(torch.int32)
+        self.list_bounds[1:3].copy_(n_over.expand(2))
+        self.list_bounds[3:4].copy_(ends[-1:])
         self.source.zero_()
         self.source[row] = order // self.top_k
         torch.index_select(x, 0, self.source, out=self.tokens)
@@ -286,19 +303,29 @@ def layer(args: argparse.Namespace) -> None:
     driver = Driver()
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     w13, w2 = tw.w13.view(torch.int32), tw.w2.view(torch.int32)
-    tokens_map = driver.tensor_map_2d(sorted_tokens.tokens, 64, 128)
-    act_map = driver.tensor_map_2d(sorted_tokens.act, 64, 128)
-    out_map = driver.tensor_map_2d(sorted_tokens.out, 64, 128)
+    block = SortedTokens.BLOCK
+    tokens_map = driver.tensor_map_2d(sorted_tokens.tokens, 64, block)
+    act_map = driver.tensor_map_2d(sorted_tokens.act, 64, block)
+    out_map = driver.tensor_map_2d(sorted_tokens.out, 64, block)
     units1 = sorted_tokens.blocks * (I // 64)
     units2 = sorted_tokens.blocks * -(-H // 128)
-    args1 = kernel_args(tokens_map, act_map, tokens_map, w13, tw.w13_scale, 2 * I, H, I // 64,
-                        units1, sorted_tokens.block_expert, tw.w13_bias, None,
-                        config.swiglu_alpha, config.swiglu_limit, I, sorted_tokens.used_blocks)
-    args2 = kernel_args(act_map, out_map, act_map, w2, tw.w2_scale, H, I, -(-H // 128), units2,
-                        sorted_tokens.block_expert, tw.w2_bias, sorted_tokens.route_w,
-                        used_blocks=sorted_tokens.used_blocks)
+    bounds = sorted_tokens.list_bounds
+
+    def layer_args(kind: int) -> tuple[list, list]:
+        """GEMM1's and GEMM2's parameters for the blocks of one kind (1: over 128 rows)."""
+        part = bounds[2 * (1 - kind):]  # [0, n_over) or [n_over, used)
+        one = kernel_args(tokens_map, act_map, tokens_map, w13, tw.w13_scale, 2 * I, H,
+                          I // 64, units1, sorted_tokens.block_expert, tw.w13_bias, None,
+                          config.swiglu_alpha, config.swiglu_limit, I,
+                          sorted_tokens.block_list, part)
+        two = kernel_args(act_map, out_map, act_map, w2, tw.w2_scale, H, I, -(-H // 128),
+                          units2, sorted_tokens.block_expert, tw.w2_bias, sorted_tokens.route_w,
+                          block_list=sorted_tokens.block_list, list_bounds=part)
+        return one, two
+
+    args_over, args_rest = layer_args(1), layer_args(0)
     results = {"device": torch.cuda.get_device_name(), "preset": args.preset, "M": m,
-               "balanced": args.balanced, "blocks_used": None, "rows": []}
+               "balanced": args.balanced, "blocks_used": None, "blocks_over": None, "rows": []}
 
     def timed(name: str, fn, extra: dict | None = None) -> None:
         ms = _time(fn)
@@ -308,24 +335,31 @@ def layer(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         for stages in (4, 6):
-            gemm1 = MixedKernel.load(driver, workdir, 128, stages, ["l2"], mode=1)
-            gemm2 = MixedKernel.load(driver, workdir, 128, stages, ["l2"], mode=2)
+            kernels = {(mode, over): MixedKernel.load(driver, workdir, 128, stages,
+                                                      ["l2", f"over{over}"], mode=mode)
+                       for mode in (1, 2) for over in (1, 0)}
+
+            def gemm(mode: int) -> None:
+                for over, params in ((1, args_over), (0, args_rest)):
+                    kernels[mode, over].launch(min(units1 if mode == 1 else units2, sms),
+                                               params[mode - 1])
 
             def experts() -> torch.Tensor:
                 sorted_tokens.align(x, topk_w, topk_ids)
-                gemm1.launch(min(units1, sms), args1)
-                gemm2.launch(min(units2, sms), args2)
+                gemm(1)
+                gemm(2)
                 return sorted_tokens.combine()
 
             rows = min(m, 64)
             ref = reference_experts(config, raw, x[:rows], topk_w[:rows], topk_ids[:rows])
             err = relative_error(experts()[:rows], ref)
-            results["blocks_used"] = int((sorted_tokens.block_expert >= 0).sum())
-            reports = {"ptxas1": gemm1.report, "ptxas2": gemm2.report, "rel_err": err,
-                       "tolerance": tolerance(config)}
-            timed(f"cuda-layer-s{stages}", experts, reports)
-            timed(f"cuda-gemm1-s{stages}", lambda: gemm1.launch(min(units1, sms), args1))
-            timed(f"cuda-gemm2-s{stages}", lambda: gemm2.launch(min(units2, sms), args2))
+            bounds_now = sorted_tokens.list_bounds.tolist()
+            results["blocks_used"], results["blocks_over"] = bounds_now[3], bounds_now[1]
+            reports = {f"ptxas{mode}{over}": k.report for (mode, over), k in kernels.items()}
+            timed(f"cuda-layer-s{stages}", experts,
+                  {**reports, "rel_err": err, "tolerance": tolerance(config)})
+            timed(f"cuda-gemm1-s{stages}", lambda: gemm(1))
+            timed(f"cuda-gemm2-s{stages}", lambda: gemm(2))
     timed("glue-align", lambda: sorted_tokens.align(x, topk_w, topk_ids))
     timed("glue-gather", lambda: torch.index_select(x, 0, sorted_tokens.source,
                                                   out=sorted_tokens.tokens))
