@@ -91,6 +91,9 @@ static_assert(OVERFLOW == 0 || (OVERFLOW == 32 && TOKENS == 128), "OVERFLOW: 0, 
 #ifndef OVER_RUN
 #define OVER_RUN 0
 #endif
+// The rows a stage loads and a box stores: the other blocks' launches take tensor maps with
+// TOKENS-row boxes, so they move no overflow rows.
+#define MOVED_ROWS (OVER_RUN ? ROWS : TOKENS)
 #define ACC_ALL (ACC + OVERFLOW / 2)      // accumulators a thread, both wgmma shapes
 #define EXCHANGE_BYTES (MODE == 1 ? ACC_ALL * 128 * 4 : 0)  // GEMM1: the halves swapped
 #define BOX_BYTES (ROWS * 64 * 2)  // a warpgroup's output: ROWS tokens x 64 rows, bf16
@@ -423,7 +426,7 @@ mixed_gemm(const __grid_constant__ TensorMap x_map, const __grid_constant__ Tens
           const int stage = g % STAGES;
           const u32 base = stages + stage * STAGE_STRIDE, bar = full + stage * 8;
           mbar_wait(empty + stage * 8, ((g / STAGES) & 1) ^ 1);
-          mbar_expect(bar, STAGE_STRIDE);
+          mbar_expect(bar, MOVED_ROWS * STEP_K * 2 + W_BYTES);
           tma_load(base, &x_map, s * STEP_K, u.first_row, bar);
           if (W_TMA) tma_load(base + STAGE_BYTES, &w_map, s * 128, first_group, bar);
         }

@@ -303,10 +303,10 @@ def layer(args: argparse.Namespace) -> None:
     driver = Driver()
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     w13, w2 = tw.w13.view(torch.int32), tw.w2.view(torch.int32)
-    block = SortedTokens.BLOCK
-    tokens_map = driver.tensor_map_2d(sorted_tokens.tokens, 64, block)
-    act_map = driver.tensor_map_2d(sorted_tokens.act, 64, block)
-    out_map = driver.tensor_map_2d(sorted_tokens.out, 64, block)
+    # boxes of a whole block for the overflow launches, of 128 rows for the others
+    maps = {kind: [driver.tensor_map_2d(t, 64, SortedTokens.BLOCK if kind else 128)
+                   for t in (sorted_tokens.tokens, sorted_tokens.act, sorted_tokens.out)]
+            for kind in (1, 0)}
     units1 = sorted_tokens.blocks * (I // 64)
     units2 = sorted_tokens.blocks * -(-H // 128)
     bounds = sorted_tokens.list_bounds
@@ -314,6 +314,7 @@ def layer(args: argparse.Namespace) -> None:
     def layer_args(kind: int) -> tuple[list, list]:
         """GEMM1's and GEMM2's parameters for the blocks of one kind (1: over 128 rows)."""
         part = bounds[2 * (1 - kind):]  # [0, n_over) or [n_over, used)
+        tokens_map, act_map, out_map = maps[kind]
         one = kernel_args(tokens_map, act_map, tokens_map, w13, tw.w13_scale, 2 * I, H,
                           I // 64, units1, sorted_tokens.block_expert, tw.w13_bias, None,
                           config.swiglu_alpha, config.swiglu_limit, I,
