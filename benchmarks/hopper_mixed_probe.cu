@@ -1,9 +1,11 @@
 // A grouped MXFP4 x BF16 GEMM for Hopper (sm_90a), written to test one premise
-// (triton_notes.md, v35): that a warpgroup can decode its next weights while its own
+// (triton_notes.md, v35-v37): that a warpgroup can decode its next weights while its own
 // wgmma runs, which Triton and Gluon 3.6 do not allow (v18-v22), and what that is worth
-// at gpt-oss-120b's GEMM1 shape. Driven by hopper_mixed_probe.py; not part of a backend.
+// at gpt-oss-120b's shapes, as a GEMM (MODE 0) and as the layer's two GEMMs (MODE 1: GEMM1
+// with bias and SWIGLUOAI; MODE 2: GEMM2 with bias and router weight; blocks of sorted
+// token rows from a block table). Driven by hopper_mixed_probe.py; not part of a backend.
 //
-// out[e*R + t, n] = sum_k x[e*R + t, k] * W[e, n, k] for E experts of R = 128 token rows.
+// MODE 0: out[e*R + t, n] = sum_k x[e*R + t, k] * W[e, n, k] for E experts of R token rows.
 // W is the triton backend's MXFP4 layout (layout.py): fragment words, one 32-bit word per
 // thread per 16 x 16 piece of the wgmma A operand, and scale bytes [E, N, SC].
 //
@@ -345,9 +347,9 @@ struct Consumer {
   }
 };
 
-// A unit of work: a tile of weight rows of an expert (MODE 0), or of a block of 128
-// sorted token rows (MODE 1, 2: block b's rows are b * 128 onward, its expert from the
-// block table; -1 for a block past the last expert's, whose units are skipped).
+// A unit of work: a tile of weight rows of an expert (MODE 0), or of a block of up to ROWS
+// sorted token rows of one expert (MODE 1, 2: block b's rows are b * ROWS onward, its
+// expert from the block table; a unit of an unused block, expert -1, is skipped).
 struct Unit {
   int expert, tile, first_row;
 };

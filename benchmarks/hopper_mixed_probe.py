@@ -1,6 +1,7 @@
 """Probe: does a hand-written Hopper kernel that decodes a warpgroup's next MXFP4 weights
-while its own wgmma runs reach the BF16 tensor rate at gpt-oss-120b's GEMM1 shape?
-(triton_notes.md, v35; the premise of the CUDA path the notes ask the owners about.)
+while its own wgmma runs reach the BF16 tensor rate at gpt-oss-120b's shapes, and what
+does it make of the whole layer? (triton_notes.md, v35-v37; the premise of the CUDA path
+the notes ask the owners about.)
 
 One grouped GEMM, E experts x R token rows, N x K weights (default: GEMM1 at M = 4096
 with no padding, 128 x 128 x 5760 x 2880; ``--rows 16 --experts 29``: the weight bytes of
@@ -18,6 +19,11 @@ stream of weights), on the same inputs:
   weights);
 
 each checked against the float32 product of the same MXFP4 weights (relative error).
+
+``--layer M [--balanced]`` runs the layer instead: routing as the bench draws it (or one
+that gives every expert the same number of slots), the kernel's GEMM1 and GEMM2 modes
+with the torch glue of :class:`SortedTokens`, checked against ``mxmoe.reference`` and
+timed against the ``triton`` backend's layer on the same inputs.
 
 Run on the GPU machine: ``python3 benchmarks/hopper_mixed_probe.py [--json PATH]``.
 """
