@@ -340,33 +340,33 @@ def layer(args: argparse.Namespace) -> None:
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
 
+    stages = 4  # 6 stages were slower in every layer run (v37a-c)
     with tempfile.TemporaryDirectory() as workdir:
-        for stages in (4,):  # 6 stages were slower in every layer run (v37a-c)
-            kernels = {(mode, over): MixedKernel.load(driver, workdir, 128, stages,
-                                                      ["l2", f"over{over}"], mode=mode)
-                       for mode in (1, 2) for over in (1, 0)}
+        kernels = {(mode, over): MixedKernel.load(driver, workdir, 128, stages,
+                                                  ["l2", f"over{over}"], mode=mode)
+                   for mode in (1, 2) for over in (1, 0)}
 
-            def gemm(mode: int) -> None:
-                for over, params in ((1, args_over), (0, args_rest)):
-                    kernels[mode, over].launch(min(units1 if mode == 1 else units2, sms),
-                                               params[mode - 1])
+        def gemm(mode: int) -> None:
+            for over, params in ((1, args_over), (0, args_rest)):
+                kernels[mode, over].launch(min(units1 if mode == 1 else units2, sms),
+                                           params[mode - 1])
 
-            def experts() -> torch.Tensor:
-                sorted_tokens.align(x, topk_w, topk_ids)
-                gemm(1)
-                gemm(2)
-                return sorted_tokens.combine()
+        def experts() -> torch.Tensor:
+            sorted_tokens.align(x, topk_w, topk_ids)
+            gemm(1)
+            gemm(2)
+            return sorted_tokens.combine()
 
-            rows = min(m, 64)
-            ref = reference_experts(config, raw, x[:rows], topk_w[:rows], topk_ids[:rows])
-            err = relative_error(experts()[:rows], ref)
-            bounds_now = sorted_tokens.list_bounds.tolist()
-            results["blocks_used"], results["blocks_over"] = bounds_now[3], bounds_now[1]
-            reports = {f"ptxas{mode}{over}": k.report for (mode, over), k in kernels.items()}
-            timed(f"cuda-layer-s{stages}", experts,
-                  {**reports, "rel_err": err, "tolerance": tolerance(config)})
-            timed(f"cuda-gemm1-s{stages}", lambda: gemm(1))
-            timed(f"cuda-gemm2-s{stages}", lambda: gemm(2))
+        rows = min(m, 64)
+        ref = reference_experts(config, raw, x[:rows], topk_w[:rows], topk_ids[:rows])
+        err = relative_error(experts()[:rows], ref)
+        bounds_now = sorted_tokens.list_bounds.tolist()
+        results["blocks_used"], results["blocks_over"] = bounds_now[3], bounds_now[1]
+        reports = {f"ptxas{mode}{over}": k.report for (mode, over), k in kernels.items()}
+        timed(f"cuda-layer-s{stages}", experts,
+              {**reports, "rel_err": err, "tolerance": tolerance(config)})
+        timed(f"cuda-gemm1-s{stages}", lambda: gemm(1))
+        timed(f"cuda-gemm2-s{stages}", lambda: gemm(2))
     timed("glue-align", lambda: sorted_tokens.align(x, topk_w, topk_ids))
     timed("glue-gather", lambda: torch.index_select(x, 0, sorted_tokens.source,
                                                   out=sorted_tokens.tokens))
@@ -378,7 +378,6 @@ def layer(args: argparse.Namespace) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-
 
 
 def main() -> None:
