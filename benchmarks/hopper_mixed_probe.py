@@ -44,13 +44,13 @@ import tempfile
 import torch
 import triton
 from mxmoe import preset, reference_experts, relative_error, route
-from mxmoe.bench.timing import time_calls
 from mxmoe.bench.workload import device_weights, input_sets
 from mxmoe.formats import dequantize_mx, quantize_mx
 from mxmoe.reference import tolerance
 from mxmoe_emulation.triton_backend.kernels import moe_gemm_kernel
 from mxmoe_emulation.triton_backend.launch import moe_forward
 from mxmoe_emulation.triton_backend.layout import convert, fragment_words
+from w4a8_probe import bf16_bmm_row, time_ms
 
 SOURCE = pathlib.Path(__file__).with_name("hopper_mixed_probe.cu")
 CONSUMER_THREADS, PRODUCER_THREADS = 256, 32
@@ -188,12 +188,6 @@ def kernel_args(x_map, out_map, w_map, words: torch.Tensor, scales: torch.Tensor
             ctypes.c_int(scales.shape[2]), ctypes.c_int(n_tiles), ctypes.c_int(units),
             ptr(block_expert), ptr(bias), ptr(route_w), ctypes.c_float(alpha),
             ctypes.c_float(limit), ctypes.c_int(half_rows), ptr(block_list), ptr(list_bounds)]
-
-
-def _time(fn) -> float:
-    """Median ms of ``fn()`` over CUDA events (mxmoe.bench.timing)."""
-    return time_calls(lambda _: fn(), torch.device("cuda"), warmup=5, repeats=50,
-                      budget_s=5.0).ms
 
 
 def triton_gemm(x, words, scales, out, experts: int, rows: int, n: int, k: int, block_m: int,
@@ -335,7 +329,7 @@ def layer(args: argparse.Namespace) -> None:
                "balanced": args.balanced, "blocks_used": None, "blocks_over": None, "rows": []}
 
     def timed(name: str, fn, extra: dict | None = None) -> None:
-        ms = _time(fn)
+        ms = time_ms(fn)
         row = {"impl": name, "ms": ms, **(extra or {})}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
@@ -373,8 +367,7 @@ def layer(args: argparse.Namespace) -> None:
     timed("glue-combine", sorted_tokens.combine)
     expected = moe_forward(x, topk_w, topk_ids, None, tw)
     timed("triton-layer", lambda: moe_forward(x, topk_w, topk_ids, None, tw),
-          {"rel_err": relative_error(expected[:64], reference_experts(
-              config, raw, x[:64], topk_w[:64], topk_ids[:64]))})
+          {"rel_err": relative_error(expected[:rows], ref)})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -435,7 +428,7 @@ def main() -> None:
             print(f"{impl} {variant}: failed: {type(exc).__name__}: {exc}"[:600], flush=True)
             return
         err = float((out.float() - ref).norm() / ref.norm())
-        ms = _time(fn)
+        ms = time_ms(fn)
         row = {"impl": impl, "variant": variant, "ms": ms, "TFLOPs": flops / ms / 1e9,
                "TBps": moved / ms / 1e9, "rel_err": err, **(extra or {})}
         results["rows"].append(row)
@@ -466,16 +459,12 @@ def main() -> None:
                            warps, stages, block_k))
     # the same weight bytes read by torch.sum (the bench's ceiling kernel), at this size
     as_float = words.view(torch.float32)
-    ms = _time(lambda: as_float.sum())
+    ms = time_ms(lambda: as_float.sum())
     results["rows"].append({"impl": "plain-read-torch-sum", "ms": ms,
                             "TBps": as_float.numel() * 4 / ms / 1e9})
     print(f"torch.sum of the weight bytes: {ms:.4f} ms "
           f"{as_float.numel() * 4 / ms / 1e9:.2f} TB/s", flush=True)
-    wb = torch.randn(E, K, N, device=dev, dtype=torch.bfloat16)
-    xb = x.reshape(E, R, K)
-    ms = _time(lambda: torch.bmm(xb, wb))
-    results["rows"].append({"impl": "bf16-dense-bmm", "ms": ms, "TFLOPs": flops / ms / 1e9})
-    print(f"bf16 bmm: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+    results["rows"].append(bf16_bmm_row(x.reshape(E, R, K), N, flops))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -202,10 +202,20 @@ def to_words(packed: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch
     return byte.reshape(E, -1), u, k_pad
 
 
-def _time(fn) -> float:
+def time_ms(fn) -> float:
     """Median ms of ``fn()`` over CUDA events (mxmoe.bench.timing)."""
     return time_calls(lambda _: fn(), torch.device("cuda"), warmup=5, repeats=50,
                       budget_s=5.0).ms
+
+
+def bf16_bmm_row(x: torch.Tensor, n: int, flops: float) -> dict:
+    """The cuBLAS peer of a probe's grouped GEMM: ``torch.bmm`` of its tokens ``x``
+    [E, R, K] with random BF16 weights [E, K, n] (4x the MXFP4 bytes). Prints and returns
+    its result row; ``flops`` is the GEMM's."""
+    weights = torch.randn(x.shape[0], x.shape[2], n, device=x.device, dtype=torch.bfloat16)
+    ms = time_ms(lambda: torch.bmm(x, weights))
+    print(f"bf16 bmm: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+    return {"impl": "bf16-dense-bmm", "ms": ms, "TFLOPs": flops / ms / 1e9}
 
 
 def main() -> None:
@@ -243,12 +253,7 @@ def main() -> None:
     flops = 2.0 * E * R * N * K
     results = {"shape": dict(E=E, R=R, N=N, K=K), "device": torch.cuda.get_device_name(),
                "rows": []}
-    wb = torch.randn(E, K, N, device=dev, dtype=torch.bfloat16)
-    xb = x.reshape(E, R, K)
-    ms = _time(lambda: torch.bmm(xb, wb))
-    results["rows"].append({"impl": "bf16-dense-bmm", "ms": ms, "TFLOPs": flops / ms / 1e9})
-    print(f"bf16 bmm: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
-    del wb
+    results["rows"].append(bf16_bmm_row(x.reshape(E, R, K), N, flops))
     for spec in args.tiles.split(","):
         promote = not spec.endswith("np")
         bm, bn, nw, ns = (int(v) for v in spec.removesuffix("np").split("x"))
@@ -264,7 +269,7 @@ def main() -> None:
             continue
         want = ref if promote else ref_unscaled
         err = float((out.float() - want).norm() / want.norm())
-        ms = _time(fn)
+        ms = time_ms(fn)
         print(f"w4a8 {spec}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s rel err {err:.2e}",
               flush=True)
         results["rows"].append({"impl": "w4a8", "tile": spec, "ms": ms,
@@ -281,7 +286,7 @@ def main() -> None:
                                             BLOCK_N=bn, num_warps=nw, num_stages=ns)
         fn()
         torch.cuda.synchronize()
-        ms = _time(fn)
+        ms = time_ms(fn)
         print(f"fp8 dense (no decode) {spec}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s",
               flush=True)
         results["rows"].append({"impl": "fp8-dense-no-decode", "tile": spec, "ms": ms,
