@@ -50,7 +50,7 @@ from mxmoe.reference import tolerance
 from mxmoe_emulation.triton_backend.kernels import moe_gemm_kernel
 from mxmoe_emulation.triton_backend.launch import moe_forward
 from mxmoe_emulation.triton_backend.layout import convert, fragment_words
-from w4a8_probe import bf16_bmm_row, time_ms
+from w4a8_probe import bf16_bmm_row, checked_error, time_ms
 
 SOURCE = pathlib.Path(__file__).with_name("hopper_mixed_probe.cu")
 CONSUMER_THREADS, PRODUCER_THREADS = 256, 32
@@ -421,13 +421,9 @@ def main() -> None:
 
     def record(impl: str, variant: str, fn, extra: dict | None = None) -> None:
         out.fill_(float("nan"))
-        try:
-            fn()
-            torch.cuda.synchronize()
-        except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
-            print(f"{impl} {variant}: failed: {type(exc).__name__}: {exc}"[:600], flush=True)
+        err = checked_error(fn, f"{impl} {variant}", out, ref)
+        if err is None:
             return
-        err = float((out.float() - ref).norm() / ref.norm())
         ms = time_ms(fn)
         row = {"impl": impl, "variant": variant, "ms": ms, "TFLOPs": flops / ms / 1e9,
                "TBps": moved / ms / 1e9, "rel_err": err, **(extra or {})}

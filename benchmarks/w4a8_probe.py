@@ -208,6 +208,19 @@ def time_ms(fn) -> float:
                       budget_s=5.0).ms
 
 
+def checked_error(fn, label: str, out: torch.Tensor, want: torch.Tensor) -> float | None:
+    """Run a probe variant ``fn`` once (it writes ``out``) and return its relative error
+    against ``want``; None, after printing why, if it fails to compile or run (a probe
+    reports the variant and goes on)."""
+    try:
+        fn()
+        torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
+        print(f"{label}: failed: {type(exc).__name__}: {exc}"[:600], flush=True)
+        return None
+    return float((out.float() - want).norm() / want.norm())
+
+
 def bf16_bmm_row(x: torch.Tensor, n: int, flops: float) -> dict:
     """The cuBLAS peer of a probe's grouped GEMM: ``torch.bmm`` of its tokens ``x``
     [E, R, K] with random BF16 weights [E, K, n] (4x the MXFP4 bytes). Prints and returns
@@ -261,14 +274,9 @@ def main() -> None:
         fn = lambda: w4a8_kernel[grid](x8, xs, wq, u, rowf, out, R, N, K, k_pad,  # noqa: E731
                                        xs.shape[1], BLOCK_M=bm, BLOCK_N=bn, PROMOTE=promote,
                                        num_warps=nw, num_stages=ns)
-        try:
-            fn()
-            torch.cuda.synchronize()
-        except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
-            print(f"w4a8 {spec}: failed: {type(exc).__name__}: {exc}"[:400], flush=True)
+        err = checked_error(fn, f"w4a8 {spec}", out, ref if promote else ref_unscaled)
+        if err is None:
             continue
-        want = ref if promote else ref_unscaled
-        err = float((out.float() - want).norm() / want.norm())
         ms = time_ms(fn)
         print(f"w4a8 {spec}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s rel err {err:.2e}",
               flush=True)
